@@ -1,0 +1,33 @@
+"""Extract 80-dim fbank for cut manifests into lilcom storage.
+
+    asrkit compute-fbank --cuts data/manifests/synth-en_cuts_train.jsonl.gz --out-dir data/fbank \\
+        --num-jobs 2 [--speed-perturb 0.9 1.1]
+
+Writes ``<out-dir>/<manifest name>.jsonl.gz`` (same name as the input) and its features beside it;
+a manifest whose output exists is skipped.
+"""
+
+import logging
+from pathlib import Path
+
+from asrkit.data.features import compute_fbank, load_cuts
+
+log = logging.getLogger(__name__)
+
+
+def add_args(p):
+    p.add_argument("--cuts", nargs="+", required=True, help="input cut manifests (jsonl.gz)")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--num-jobs", type=int, default=1)
+    p.add_argument("--speed-perturb", type=float, nargs="*", default=[], help="e.g. 0.9 1.1")
+    p.add_argument("--overwrite", action="store_true")
+
+
+def run(args):
+    for path in args.cuts:
+        name = Path(path).name.removesuffix(".gz").removesuffix(".jsonl")
+        out = Path(args.out_dir) / f"{name}.jsonl.gz"
+        if out.is_file() and not args.overwrite:
+            log.info("%s exists, skipping", out)
+            continue
+        compute_fbank(load_cuts(path), args.out_dir, name, args.num_jobs, args.speed_perturb)

@@ -1,0 +1,88 @@
+"""Train an ASR model from one YAML config (plus ``key=value`` overrides); resumable.
+
+    asrkit train --config egs/synth/ASR/conf/zipformer_ctc.yaml exp_dir=exp/ctc train.num_epochs=5
+    asrkit train --config ... exp_dir=exp/ctc --resume      # continue a killed run
+
+The resolved config and the tokenizer are saved in ``exp_dir``, so decoding, export and
+``asrkit transcribe`` need nothing else.
+"""
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from asrkit.config import load_config, save_config
+from asrkit.data.datamodule import DataConfig, eval_dataloader, filter_cuts, train_dataloader
+from asrkit.data.features import load_cuts
+from asrkit.models.asr import AsrModel, AsrModelConfig
+from asrkit.models.zipformer.scaling import set_batch_count
+from asrkit.text.tokenizer import load_tokenizer
+from asrkit.training.trainer import Trainer, TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExperimentConfig:
+    exp_dir: str = "exp"
+    lang_dir: str = "data/lang"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: AsrModelConfig = field(default_factory=AsrModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def add_args(p):
+    p.add_argument("--config", required=True, help="experiment YAML")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in exp_dir")
+    p.add_argument("overrides", nargs="*", help="key=value, e.g. train.lr=1e-3")
+
+
+def run(args):
+    cfg = load_config(ExperimentConfig, args.config, args.overrides)
+    exp_dir = Path(cfg.exp_dir)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer(cfg.lang_dir)
+    cfg.model.vocab_size = tokenizer.vocab_size
+    cfg.model.blank_id = tokenizer.blank_id
+    if Path(cfg.lang_dir).resolve() != (exp_dir / "lang").resolve():
+        shutil.copytree(cfg.lang_dir, exp_dir / "lang", dirs_exist_ok=True)
+    save_config(cfg, exp_dir / "config.yaml")
+
+    torch.manual_seed(cfg.train.seed)
+    model = AsrModel(cfg.model)
+    log.info("model has %s parameters", f"{sum(p.numel() for p in model.parameters()):,}")
+
+    num_tokens = lambda text: len(tokenizer.encode(text))  # noqa: E731
+    sub = model.encoder.subsampling_factor
+    train_cuts = filter_cuts(load_cuts(cfg.data.train_cuts), cfg.data.min_utt_duration,
+                             cfg.data.max_utt_duration, num_tokens, sub)
+    train_dl = train_dataloader(cfg.data, train_cuts)
+    valid_dl = None
+    if cfg.data.valid_cuts:
+        valid_cuts = filter_cuts(load_cuts(cfg.data.valid_cuts), cfg.data.min_utt_duration,
+                                 cfg.data.max_utt_duration, num_tokens, sub)
+        valid_dl = eval_dataloader(cfg.data, valid_cuts)
+
+    def compute_loss(model, batch, is_training):
+        device = next(model.parameters()).device
+        targets = [tokenizer.encode(t) for t in batch["texts"]]
+        loss, head_losses, frames = model(batch["feats"].to(device), batch["feat_lens"].to(device), targets)
+        frames = float(frames)
+        stats = {"loss": float(loss.detach())}
+        stats.update({k: float(v) for k, v in head_losses.items()})
+        # frames is 0 when the CTC head dropped every utterance as infeasible; the loss is then 0 too
+        return loss / max(frames, 1.0), stats, frames
+
+    def on_step(model, step):
+        # Zipformer schedules (dropout, layer skipping, bypass floors) count batches of ref_duration
+        # seconds of audio, as icefall does, so they behave the same whatever the batch size.
+        set_batch_count(model, step * cfg.data.max_duration / cfg.train.ref_duration)
+
+    trainer = Trainer(cfg.train, model, train_dl, exp_dir, compute_loss, valid_dl=valid_dl,
+                      on_step=on_step, experiment_config=cfg)
+    if args.resume:
+        trainer.resume(exp_dir)
+    trainer.fit()

@@ -1,0 +1,54 @@
+"""The ``asrkit`` command: one verb per step of a recipe.
+
+    asrkit --help
+    asrkit synth --lang en --out-dir data/synth
+    asrkit transcribe --exp-dir exp/zipformer_ctc audio.wav
+
+Each verb is a module in ``asrkit/bin`` with ``add_args(parser)`` and ``run(args)``; it is imported
+only when called, so ``asrkit --help`` stays fast.
+"""
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import List, Optional
+
+# verb -> (module in asrkit.bin, one-line help)
+VERBS = {
+    "synth": ("synth", "synthesise an espeak-ng speech corpus as lhotse manifests"),
+    "validate": ("validate", "check that every cut's audio and transcript is usable"),
+    "compute-fbank": ("compute_fbank", "extract 80-dim fbank into lilcom storage"),
+    "train-tokenizer": ("train_tokenizer", "train a BPE model or build a character table"),
+    "train": ("train", "train a model from a YAML config (resumable)"),
+    "decode": ("decode", "decode cut manifests and score them (WER/CER)"),
+    "export": ("export", "average checkpoints into exp_dir/model.pt"),
+    "transcribe": ("transcribe", "print transcripts of audio files with a trained model"),
+}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="asrkit", description=__doc__.split("\n")[0])
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for verb, (_, help_) in VERBS.items():
+        sub.add_parser(verb, help=help_, add_help=False)
+    # Parse the verb first so that only its module is imported.
+    known, _ = parser.parse_known_args(argv)
+    if known.verb is None:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(f"asrkit.bin.{VERBS[known.verb][0]}")
+    verb_parser = argparse.ArgumentParser(
+        prog=f"asrkit {known.verb}", description=module.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    module.add_args(verb_parser)
+    verb_argv = argv[argv.index(known.verb) + 1:]
+    args = verb_parser.parse_args(verb_argv)
+    logging.basicConfig(level=known.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return module.run(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
