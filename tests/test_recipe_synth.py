@@ -30,9 +30,9 @@ RECIPE = Path(__file__).resolve().parents[1] / "egs" / "synth" / "ASR"
 def test_synth_recipe_trains_and_beats_untrained(tmp_path):
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     data, exp = tmp_path / "data", tmp_path / "exp"
-    overrides = "data.max_duration=60 data.num_workers=0 train.lr=4e-3 train.warmup_steps=30 train.progress_bar=false"
+    overrides = "data.max_duration=20 data.num_workers=0 train.warmup_steps=30 train.progress_bar=false"
     cmd = [str(RECIPE / "run.sh"), "--data", str(data), "--exp-dir", str(exp), "--num-train", "400",
-           "--num-dev", "20", "--num-test", "40", "--epochs", "6", "--avg", "2", "--vocab-size", "120",
+           "--num-dev", "20", "--num-test", "40", "--num-words", "20", "--epochs", "10", "--avg", "2",
            "--overrides", overrides]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -13,14 +13,13 @@ from typing import Dict, List
 
 import torch
 
-from asrkit.config import config_from_dict
 from asrkit.data.datamodule import DataConfig, eval_dataloader
 from asrkit.data.features import load_cuts
 from asrkit.decoding.ctc import ctc_greedy_search, ctc_prefix_beam_search
 from asrkit.models import load_model
 from asrkit.scoring import summary_line, write_results
 from asrkit.text.tokenizer import load_tokenizer
-from asrkit.training.checkpoint import average_checkpoints
+from asrkit.training.checkpoint import average_checkpoints, epoch_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +41,7 @@ def add_args(p):
 def averaged_model(exp_dir: Path, epoch: int, avg: int, device: str):
     model = load_model(exp_dir, device="cpu")
     if epoch is not None:
-        paths = [exp_dir / f"epoch-{e}.pt" for e in range(max(1, epoch - avg + 1), epoch + 1)]
-        missing = [str(p) for p in paths if not p.is_file()]
-        if missing:
-            raise FileNotFoundError(f"missing checkpoints: {missing}")
+        paths = epoch_checkpoints(exp_dir, epoch, avg)
         model.load_state_dict(average_checkpoints(paths))
         log.info("averaged %s", [p.name for p in paths])
     return model.to(device).eval()

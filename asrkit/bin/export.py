@@ -5,7 +5,7 @@
 
 from pathlib import Path
 
-from asrkit.training.checkpoint import average_checkpoints, save_checkpoint
+from asrkit.training.checkpoint import average_checkpoints, epoch_checkpoints, save_checkpoint
 
 
 def add_args(p):
@@ -16,9 +16,6 @@ def add_args(p):
 
 def run(args):
     exp_dir = Path(args.exp_dir)
-    paths = [exp_dir / f"epoch-{e}.pt" for e in range(max(1, args.epoch - args.avg + 1), args.epoch + 1)]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"missing checkpoints: {missing}")
+    paths = epoch_checkpoints(exp_dir, args.epoch, args.avg)
     save_checkpoint(exp_dir / "model.pt", {"model": average_checkpoints(paths)})
     print(f"wrote {exp_dir / 'model.pt'} from {[p.name for p in paths]}")

@@ -31,7 +31,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--snr-db", type=float, nargs="+", default=None, metavar="DB",
                         help="add noise at this SNR; two numbers LO HI draw it per utterance")
     parser.add_argument("--noise-type", choices=NOISE_TYPES, default="white", help="noise colour")
+    parser.add_argument("--noise-floor-db", type=float, default=-60.0,
+                        help="white noise floor in dBFS added to every utterance (espeak's silence is exact zeros); "
+                             "a value above 0 turns it off")
     parser.add_argument("--min-words", type=int, default=3, help="shortest sentence in words")
+    parser.add_argument("--vocab-size", type=int, default=None,
+                        help="use only the first N words of the built-in list (default: all)")
     parser.add_argument("--max-words", type=int, default=15, help="longest sentence in words")
     parser.add_argument("--num-jobs", type=int, default=2, help="parallel espeak-ng processes")
     parser.add_argument("--overwrite", action="store_true", help="redo even if manifests exist")
@@ -51,7 +56,9 @@ def run(args: argparse.Namespace) -> None:
         seed=args.seed,
         snr_db=snr,
         noise_type=args.noise_type,
+        noise_floor_db=args.noise_floor_db if args.noise_floor_db <= 0 else None,
         min_words=args.min_words,
+        vocab_size=args.vocab_size,
         max_words=args.max_words,
         num_jobs=args.num_jobs,
         overwrite=args.overwrite,

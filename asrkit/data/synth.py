@@ -110,8 +110,13 @@ class SynthConfig:
     seed: int = 0
     snr_db: float | tuple[float, float] | None = None  # None: clean; (lo, hi): uniform per utterance
     noise_type: str = "white"  # white | pink | brown | mixed (one of the three per utterance)
+    # espeak-ng writes exact digital silence between words, which no microphone records: log-mel
+    # features then jump to the log floor and a model's first steps see huge gradient spikes.
+    # A faint white noise floor (RMS in dB relative to full scale; None: off) makes it a recording.
+    noise_floor_db: float | None = -60.0
     min_words: int = 3
     max_words: int = 15
+    vocab_size: int | None = None  # use only the first N words of the built-in list (a small task)
 
     def __post_init__(self) -> None:
         if self.lang not in VOICES:
@@ -129,6 +134,8 @@ class SynthConfig:
             raise ValueError(f"synth: need 1 <= min_words <= max_words, got {self.min_words}, {self.max_words}")
         if isinstance(self.snr_db, (list, tuple)):
             self.snr_db = (float(self.snr_db[0]), float(self.snr_db[1]))
+        if self.vocab_size is not None and self.vocab_size < 2:
+            raise ValueError(f"synth: vocab_size must be >= 2 words, got {self.vocab_size}")
 
 
 @dataclass(frozen=True)
@@ -215,7 +222,7 @@ def plan_corpus(cfg: SynthConfig, variants: Sequence[str] = VARIANTS) -> dict[st
     Each split has its own random stream, so changing the size of one split leaves the text of
     the others unchanged (speakers are shared out across splits and do change).
     """
-    vocab = load_vocab(cfg.lang)
+    vocab = load_vocab(cfg.lang)[: cfg.vocab_size]
     speakers = make_speakers(cfg, variants)
     plan = {}
     for split, n in cfg.num_utts.items():
@@ -326,6 +333,9 @@ def synthesize_utterance(utt: Utterance, cfg: SynthConfig, path: Path) -> int:
         if isinstance(snr, tuple):
             snr = float(rng.uniform(snr[0], snr[1]))
         samples = add_noise(samples, snr, cfg.noise_type, rng)
+    if cfg.noise_floor_db is not None:
+        rng = np.random.default_rng([cfg.seed, 4, utt.noise_seed])
+        samples = samples + 10 ** (cfg.noise_floor_db / 20) * rng.standard_normal(len(samples))
     samples = np.clip(samples, -1.0, 1.0)
     sf.write(str(path), samples, SAMPLING_RATE, subtype="PCM_16")
     return len(samples)
@@ -417,8 +427,10 @@ def synthesize_corpus(
     seed: int = 0,
     snr_db: float | tuple[float, float] | None = None,
     noise_type: str = "white",
+    noise_floor_db: float | None = -60.0,
     min_words: int = 3,
     max_words: int = 15,
+    vocab_size: int | None = None,
     num_jobs: int = 2,
     overwrite: bool = False,
 ) -> dict[str, CutSet]:
@@ -426,11 +438,12 @@ def synthesize_corpus(
 
     ``num_utts``/``num_speakers``: per split (default train 2000/40, dev 100/5, test 200/10).
     ``snr_db``: None for clean audio, a number, or a (low, high) range drawn per utterance.
+    ``noise_floor_db``: a faint white noise floor (dBFS RMS) added to every utterance; None: off.
     Skips the work if the manifests exist with the same parameters, unless ``overwrite``.
     """
     sizes = {k: dict(v) for k, v in (("num_utts", num_utts), ("num_speakers", num_speakers)) if v is not None}
-    cfg = SynthConfig(lang=lang, seed=seed, snr_db=snr_db, noise_type=noise_type,
-                      min_words=min_words, max_words=max_words, **sizes)
+    cfg = SynthConfig(lang=lang, seed=seed, snr_db=snr_db, noise_type=noise_type, noise_floor_db=noise_floor_db,
+                      min_words=min_words, max_words=max_words, vocab_size=vocab_size, **sizes)
     out_dir = Path(out_dir)
     if not overwrite:
         existing = _load_existing(out_dir, cfg)

@@ -256,3 +256,13 @@ def average_checkpoints(paths: Sequence[PathLike], map_location: str = "cpu") ->
         last = state
     n = len(paths)
     return {k: (sums[k] / n).to(v.dtype) if k in sums else v for k, v in last.items()}
+
+
+def epoch_checkpoints(exp_dir: PathLike, epoch: int, avg: int = 1) -> List[Path]:
+    """``epoch-{epoch-avg+1..epoch}.pt`` in ``exp_dir`` (icefall's ``--epoch E --avg N``); all must exist."""
+    exp_dir = Path(exp_dir)
+    paths = [exp_dir / f"epoch-{e}.pt" for e in range(max(1, epoch - avg + 1), epoch + 1)]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"missing checkpoints {missing}; train more epochs or lower --epoch/--avg")
+    return paths

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Synthetic English ASR with a Zipformer-CTC model, end to end on a laptop CPU:
+# Synthetic English ASR with a Zipformer-CTC model, end to end on a laptop CPU (make demo):
 #   ./run.sh                          # all stages
 #   ./run.sh --stage 3 --stop-stage 4 # train and decode only
 # Stages: 0 synthesise speech (espeak-ng), 1 fbank, 2 BPE tokenizer, 3 train, 4 decode + score.
@@ -16,18 +16,20 @@ num_train=2000
 num_dev=100
 num_test=200
 seed=0
-vocab_size=200
+num_words=100  # 0: the whole built-in word list (~340 words); N: only its first N words
+token_type=char  # char | bpe
+vocab_size=200   # bpe only
 config=conf/zipformer_ctc.yaml
 exp_dir=exp/zipformer_ctc
-epochs=8
-avg=3
+epochs=7
+avg=2
 overrides=""   # extra key=value for asrkit train, e.g. "train.lr=2e-3 data.max_duration=150"
 
 . ../../../tools/parse_options.sh
 
 corpus="$data/synth-$lang"
 prefix="synth-$lang"
-lang_dir="$data/lang_bpe_$vocab_size"
+if [ "$token_type" = bpe ]; then lang_dir="$data/lang_bpe_$vocab_size"; else lang_dir="$data/lang_$token_type"; fi
 log() { echo "$(date '+%F %T') [stage $1] $2"; }
 run_stage() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
 
@@ -35,7 +37,7 @@ if run_stage 0; then
   if [ -f "$corpus/.done" ]; then log 0 "skip: $corpus/.done exists"; else
     log 0 "synthesise $num_train/$num_dev/$num_test $lang utterances"
     asrkit synth --lang "$lang" --out-dir "$corpus" --num-train "$num_train" --num-dev "$num_dev" \
-      --num-test "$num_test" --seed "$seed" --num-jobs "$nj"
+      --num-test "$num_test" --seed "$seed" --num-jobs "$nj" ${num_words:+$([ "$num_words" -gt 0 ] && echo --vocab-size "$num_words")}
     touch "$corpus/.done"
   fi
 fi
@@ -51,9 +53,9 @@ fi
 
 if run_stage 2; then
   if [ -f "$lang_dir/.done" ]; then log 2 "skip: $lang_dir/.done exists"; else
-    log 2 "train a $vocab_size-token BPE model"
+    log 2 "build the $token_type tokenizer in $lang_dir"
     asrkit train-tokenizer --cuts "$data/fbank/${prefix}_cuts_train.jsonl.gz" --lang-dir "$lang_dir" \
-      --type bpe --vocab-size "$vocab_size"
+      --type "$token_type" --vocab-size "$vocab_size"
     touch "$lang_dir/.done"
   fi
 fi
