@@ -18,6 +18,7 @@ from asrkit.config import load_config, save_config
 from asrkit.data.datamodule import DataConfig, eval_dataloader, filter_cuts, train_dataloader
 from asrkit.data.features import load_cuts
 from asrkit.models.asr import AsrModel, AsrModelConfig
+from asrkit.models.ctc import ctc_min_frames
 from asrkit.models.zipformer.scaling import set_batch_count
 from asrkit.text.tokenizer import load_tokenizer
 from asrkit.training.trainer import Trainer, TrainConfig
@@ -55,7 +56,10 @@ def run(args):
     model = AsrModel(cfg.model)
     log.info("model has %s parameters", f"{sum(p.numel() for p in model.parameters()):,}")
 
-    num_tokens = lambda text: len(tokenizer.encode(text))  # noqa: E731
+    def num_tokens(text: str) -> int:
+        """Frames CTC needs for ``text``: its tokens plus a blank between repeated ones."""
+        return ctc_min_frames(tokenizer.encode(text))
+
     sub = model.encoder.subsampling_factor
     train_cuts = filter_cuts(load_cuts(cfg.data.train_cuts), cfg.data.min_utt_duration,
                              cfg.data.max_utt_duration, num_tokens, sub)

@@ -98,7 +98,8 @@ def filter_cuts(
         if not text:
             return "empty transcript"
         if num_tokens is not None:
-            out_frames = ((c.duration / frame_shift) - 7) // 2 // (subsampling_factor // 2)
+            # The Zipformer front end gives (T - 7) // 2 frames at 50 Hz, halved again at the output.
+            out_frames = ((round(c.duration / frame_shift) - 7) // 2 + 1) // (subsampling_factor // 2)
             if num_tokens(text) > out_frames:
                 return "more tokens than frames"
         return None
