@@ -60,7 +60,7 @@ def test_filter_cuts_counts_reasons(tmp_path, caplog):
     assert "too short" in caplog.text and "empty transcript" in caplog.text and "too long" in caplog.text
     # more tokens than output frames: 1 s -> about 24 frames at 4x subsampling
     with pytest.raises(ValueError, match="no usable cuts"):
-        filter_cuts(make_cuts(tmp_path, [1.0], texts=["X " * 40]), num_tokens=lambda t: len(t.split()))
+        filter_cuts(make_cuts(tmp_path, [1.0], texts=["X " * 40]), frames_needed=lambda t: len(t.split()))
 
 
 def test_bad_audio_is_named(tmp_path):

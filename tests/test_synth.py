@@ -84,6 +84,16 @@ def test_zh_vocab_has_no_homophones():
     assert {k: v for k, v in by_sound.items() if len(v) > 1} == {}
 
 
+def test_vocab_size_limits_the_words():
+    cfg = SynthConfig(lang="en", num_utts={"train": 40, "dev": 5, "test": 5},
+                      num_speakers={"train": 2, "dev": 1, "test": 1}, vocab_size=5)
+    words = {w for us in plan_corpus(cfg).values() for u in us for w in u.text.split()}
+    allowed = {w.upper() for w in load_vocab("en")[:5]}
+    assert words <= allowed and len(words) >= 4
+    with pytest.raises(ValueError, match="vocab_size"):
+        SynthConfig(lang="en", vocab_size=1)
+
+
 def test_plan_is_deterministic_and_well_formed():
     cfg = SynthConfig(lang="en", num_utts={"train": 40, "dev": 10, "test": 10},
                       num_speakers={"train": 4, "dev": 2, "test": 2}, seed=3)
@@ -270,3 +280,12 @@ def test_cli(tmp_path):
     cuts = CutSet.from_file(tmp_path / "manifests" / "synth-vi_cuts_train.jsonl.gz")
     assert len(cuts) == 3 and cuts[0].supervisions[0].language == "vi"
     assert len(list((tmp_path / "wav" / "test").glob("*.wav"))) == 1
+
+
+@requires_espeak
+def test_noise_floor_removes_digital_silence(corpora):
+    # espeak-ng alone leaves 15-30% exact-zero samples; the default -60 dBFS floor leaves ~1%.
+    _, sets = corpora
+    samples = np.concatenate([audio(c) for c in sets["en"]["train"]])
+    assert np.mean(samples == 0.0) < 0.05
+    assert 5e-4 < np.sqrt(np.mean(samples ** 2)) < 0.5

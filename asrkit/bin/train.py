@@ -56,18 +56,18 @@ def run(args):
     model = AsrModel(cfg.model)
     log.info("model has %s parameters", f"{sum(p.numel() for p in model.parameters()):,}")
 
-    def num_tokens(text: str) -> int:
+    def frames_needed(text: str) -> int:
         """Frames CTC needs for ``text``: its tokens plus a blank between repeated ones."""
         return ctc_min_frames(tokenizer.encode(text))
 
     sub = model.encoder.subsampling_factor
     train_cuts = filter_cuts(load_cuts(cfg.data.train_cuts), cfg.data.min_utt_duration,
-                             cfg.data.max_utt_duration, num_tokens, sub)
+                             cfg.data.max_utt_duration, frames_needed, sub)
     train_dl = train_dataloader(cfg.data, train_cuts)
     valid_dl = None
     if cfg.data.valid_cuts:
         valid_cuts = filter_cuts(load_cuts(cfg.data.valid_cuts), cfg.data.min_utt_duration,
-                                 cfg.data.max_utt_duration, num_tokens, sub)
+                                 cfg.data.max_utt_duration, frames_needed, sub)
         valid_dl = eval_dataloader(cfg.data, valid_cuts)
 
     def compute_loss(model, batch, is_training):

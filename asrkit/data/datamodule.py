@@ -79,7 +79,7 @@ def filter_cuts(
     cuts: CutSet,
     min_duration: float = 0.3,
     max_duration: float = 30.0,
-    num_tokens: Optional[Callable[[str], int]] = None,
+    frames_needed: Optional[Callable[[str], int]] = None,
     subsampling_factor: int = 4,
     frame_shift: float = 0.01,
 ) -> CutSet:
@@ -97,10 +97,10 @@ def filter_cuts(
         text = " ".join(s.text or "" for s in c.supervisions).strip()
         if not text:
             return "empty transcript"
-        if num_tokens is not None:
+        if frames_needed is not None:
             # The Zipformer front end gives (T - 7) // 2 frames at 50 Hz, halved again at the output.
             out_frames = ((round(c.duration / frame_shift) - 7) // 2 + 1) // (subsampling_factor // 2)
-            if num_tokens(text) > out_frames:
+            if frames_needed(text) > out_frames:
                 return "more tokens than frames"
         return None
 
