@@ -29,7 +29,7 @@ setup(
     extras_require={
         "llm": ["transformers", "peft", "accelerate"],
         "sot": ["meeteval", "dill"],
-        "dev": ["pytest"],
+        "dev": ["pytest", "warprnnt_numba", "numba"],  # warprnnt_numba: reference RNN-T loss in tests and bench
     },
     entry_points={"console_scripts": ["asrkit=asrkit.cli:main"]},
 )

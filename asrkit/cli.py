@@ -18,12 +18,14 @@ from typing import List, Optional
 VERBS = {
     "synth": ("synth", "synthesise an espeak-ng speech corpus as lhotse manifests"),
     "validate": ("validate", "check that every cut's audio and transcript is usable"),
+    "prepare": ("prepare", "cut manifests of a real corpus from your local copy (lhotse.recipes)"),
     "compute-fbank": ("compute_fbank", "extract 80-dim fbank into lilcom storage"),
     "train-tokenizer": ("train_tokenizer", "train a BPE model or build a character table"),
     "train": ("train", "train a model from a YAML config (resumable)"),
     "decode": ("decode", "decode cut manifests and score them (WER/CER)"),
     "export": ("export", "average checkpoints into exp_dir/model.pt"),
     "transcribe": ("transcribe", "print transcripts of audio files with a trained model"),
+    "import-icefall": ("import_icefall", "turn an icefall Zipformer checkpoint into an experiment dir"),
 }
 
 
@@ -45,7 +47,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     module.add_args(verb_parser)
     verb_argv = argv[argv.index(known.verb) + 1:]
-    args = verb_parser.parse_args(verb_argv)
+    args = verb_parser.parse_intermixed_args(verb_argv)  # options may follow key=value overrides
     logging.basicConfig(level=known.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return module.run(args) or 0
 

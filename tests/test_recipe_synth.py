@@ -18,6 +18,7 @@ from asrkit.bin.decode import recognise
 from asrkit.config import config_from_dict
 from asrkit.data.datamodule import DataConfig, eval_dataloader
 from asrkit.data.features import load_cuts
+from asrkit.decoding.search import SearchOptions
 from asrkit.models.asr import AsrModel, AsrModelConfig
 from asrkit.scoring import compute_error_rate
 from asrkit.text.tokenizer import load_tokenizer
@@ -38,8 +39,9 @@ def test_synth_recipe_trains_and_beats_untrained(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     results = (exp / "results.txt").read_text()
-    wer = float(re.search(r"synth-en_cuts_test\s+greedy\s+%WER ([\d.]+)", results).group(1))
-    assert (exp / "greedy").is_dir() and (exp / "model.pt").is_file()
+    wer = float(re.search(r"synth-en_cuts_test\s+greedy-search\s+%WER ([\d.]+)", results).group(1))
+    assert re.search(r"synth-en_cuts_test\s+modified-beam-search\s+%WER", results)
+    assert (exp / "greedy-search").is_dir() and (exp / "model.pt").is_file()
 
     # The same architecture, untrained, on the same test set.
     with open(exp / "config.yaml") as f:
@@ -48,7 +50,7 @@ def test_synth_recipe_trains_and_beats_untrained(tmp_path):
     untrained = AsrModel(model_cfg).eval()
     tokenizer = load_tokenizer(exp / "lang")
     dl = eval_dataloader(DataConfig(num_workers=0), load_cuts(str(data / "fbank" / "synth-en_cuts_test.jsonl.gz")))
-    pairs = recognise(untrained, tokenizer, dl, ["greedy"], 4, "cpu")["greedy"]
+    pairs = recognise(untrained, tokenizer, dl, ["greedy-search"], SearchOptions(), "cpu")["greedy-search"]
     untrained_wer = compute_error_rate(pairs).rate
     assert untrained_wer > 95.0
     assert wer < 60.0, f"trained WER {wer} (untrained {untrained_wer})\n{results}"

@@ -2,17 +2,23 @@
 
     asrkit train --config egs/synth/ASR/conf/zipformer_ctc.yaml exp_dir=exp/ctc train.num_epochs=5
     asrkit train --config ... exp_dir=exp/ctc --resume      # continue a killed run
+    torchrun --nproc_per_node 4 -m asrkit.bin.train --config ... exp_dir=exp/ctc   # DDP
 
-The resolved config and the tokenizer are saved in ``exp_dir``, so decoding, export and
-``asrkit transcribe`` need nothing else.
+Under ``torchrun`` each rank joins the process group (NCCL on GPU, gloo on CPU), takes the GPU of
+its ``LOCAL_RANK``, and reads its own shard of the data; the effective batch is ``world_size x
+data.max_duration`` seconds. The resolved config and the tokenizer are saved in ``exp_dir``, so
+decoding, export and ``asrkit transcribe`` need nothing else.
 """
 
+import argparse
 import logging
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from asrkit.config import load_config, save_config
 from asrkit.data.datamodule import DataConfig, eval_dataloader, filter_cuts, train_dataloader
@@ -41,29 +47,57 @@ def add_args(p):
     p.add_argument("overrides", nargs="*", help="key=value, e.g. train.lr=1e-3")
 
 
+def init_distributed(device: str) -> tuple:
+    """Join the torchrun process group if launched by torchrun; returns (rank, world_size, device)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return 0, 1, device
+    use_cuda = torch.cuda.is_available() and device in ("auto", "cuda") or device.startswith("cuda")
+    if use_cuda:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        device = f"cuda:{local_rank}"
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
 def run(args):
     cfg = load_config(ExperimentConfig, args.config, args.overrides)
+    rank, world_size, cfg.train.device = init_distributed(cfg.train.device)
+    try:
+        _train(cfg, args.resume, rank, world_size)
+    finally:
+        if world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(cfg: ExperimentConfig, resume: bool, rank: int, world_size: int) -> None:
     exp_dir = Path(cfg.exp_dir)
-    exp_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(cfg.lang_dir)
     cfg.model.vocab_size = tokenizer.vocab_size
     cfg.model.blank_id = tokenizer.blank_id
-    if Path(cfg.lang_dir).resolve() != (exp_dir / "lang").resolve():
-        shutil.copytree(cfg.lang_dir, exp_dir / "lang", dirs_exist_ok=True)
-    save_config(cfg, exp_dir / "config.yaml")
+    cfg.model.sos_id = tokenizer.sos_id
+    if rank == 0:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        if Path(cfg.lang_dir).resolve() != (exp_dir / "lang").resolve():
+            shutil.copytree(cfg.lang_dir, exp_dir / "lang", dirs_exist_ok=True)
+        save_config(cfg, exp_dir / "config.yaml")
 
     torch.manual_seed(cfg.train.seed)
     model = AsrModel(cfg.model)
     log.info("model has %s parameters", f"{sum(p.numel() for p in model.parameters()):,}")
 
     def frames_needed(text: str) -> int:
-        """Frames CTC needs for ``text``: its tokens plus a blank between repeated ones."""
-        return ctc_min_frames(tokenizer.encode(text))
+        """Encoder frames ``text`` needs: CTC's tokens plus blanks between repeats; the pruned
+        transducer loss (as icefall) at least one frame per token."""
+        ids = tokenizer.encode(text)
+        return ctc_min_frames(ids) if model.ctc is not None else len(ids)
 
     sub = model.encoder.subsampling_factor
     train_cuts = filter_cuts(load_cuts(cfg.data.train_cuts), cfg.data.min_utt_duration,
                              cfg.data.max_utt_duration, frames_needed, sub)
-    train_dl = train_dataloader(cfg.data, train_cuts)
+    train_dl = train_dataloader(cfg.data, train_cuts, rank=rank, world_size=world_size)
     valid_dl = None
     if cfg.data.valid_cuts:
         valid_cuts = filter_cuts(load_cuts(cfg.data.valid_cuts), cfg.data.min_utt_duration,
@@ -83,10 +117,19 @@ def run(args):
     def on_step(model, step):
         # Zipformer schedules (dropout, layer skipping, bypass floors) count batches of ref_duration
         # seconds of audio, as icefall does, so they behave the same whatever the batch size.
-        set_batch_count(model, step * cfg.data.max_duration / cfg.train.ref_duration)
+        set_batch_count(model, step * cfg.data.max_duration * world_size / cfg.train.ref_duration)
+        getattr(model, "module", model).set_step(step)
 
     trainer = Trainer(cfg.train, model, train_dl, exp_dir, compute_loss, valid_dl=valid_dl,
                       on_step=on_step, experiment_config=cfg)
-    if args.resume:
+    if resume:
         trainer.resume(exp_dir)
     trainer.fit()
+
+
+if __name__ == "__main__":  # torchrun --nproc_per_node N -m asrkit.bin.train --config ...
+    parser = argparse.ArgumentParser(prog="python -m asrkit.bin.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_args(parser)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run(parser.parse_args())

@@ -1,6 +1,6 @@
 """Print the transcript of each audio file with a trained model.
 
-    asrkit transcribe --exp-dir exp/ctc audio1.wav audio2.flac
+    asrkit transcribe --exp-dir exp/transducer audio1.wav audio2.flac [--method modified-beam-search]
 
 Any sample rate or channel count is accepted (resampled to 16 kHz, channels averaged).
 """
@@ -11,19 +11,21 @@ import torch
 from lhotse import Recording
 
 from asrkit.data.features import SAMPLE_RATE, fbank_extractor
-from asrkit.decoding.ctc import ctc_greedy_search, ctc_prefix_beam_search
+from asrkit.decoding.search import METHODS, SearchOptions, check_methods, decode_batch, default_method
 from asrkit.models import load_model
 from asrkit.text.tokenizer import load_tokenizer
 
 
 def add_args(p):
     p.add_argument("--exp-dir", required=True)
-    p.add_argument("--beam", type=int, default=0, help="prefix beam search with this beam (0: greedy)")
+    p.add_argument("--method", choices=list(METHODS), default=None,
+                   help="default: greedy-search for transducers, ctc-greedy for CTC models")
+    p.add_argument("--beam", type=int, default=4)
     p.add_argument("audio", nargs="+")
 
 
 @torch.no_grad()
-def transcribe_file(model, tokenizer, path: str, beam: int = 0) -> str:
+def transcribe_file(model, tokenizer, path: str, method: str, beam: int = 4) -> str:
     if not Path(path).is_file():
         raise FileNotFoundError(f"audio file not found: {path}")
     try:
@@ -32,16 +34,14 @@ def transcribe_file(model, tokenizer, path: str, beam: int = 0) -> str:
     except Exception as e:
         raise RuntimeError(f"cannot read audio {path} ({type(e).__name__}: {e})") from e
     feats = torch.from_numpy(fbank_extractor().extract(audio, SAMPLE_RATE)).unsqueeze(0)  # (1, T, 80)
-    log_probs, lens = model.ctc_log_probs(feats, torch.tensor([feats.shape[1]]))
-    if beam > 0:
-        ids = ctc_prefix_beam_search(log_probs, lens, beam=beam, blank_id=tokenizer.blank_id)[0]
-    else:
-        ids = ctc_greedy_search(log_probs, lens, blank_id=tokenizer.blank_id)[0]
-    return tokenizer.decode(ids)
+    hyps = decode_batch(model, feats, torch.tensor([feats.shape[1]]), [method], SearchOptions(beam=beam))
+    return tokenizer.decode(hyps[method][0])
 
 
 def run(args):
     model = load_model(args.exp_dir)
     tokenizer = load_tokenizer(Path(args.exp_dir) / "lang")
+    method = args.method or default_method(model)
+    check_methods(model, [method])
     for path in args.audio:
-        print(f"{path}\t{transcribe_file(model, tokenizer, path, args.beam)}")
+        print(f"{path}\t{transcribe_file(model, tokenizer, path, method, args.beam)}")

@@ -88,8 +88,9 @@ def compute_fbank(
         lines = "\n  ".join(f"{cid}: {why}" for cid, why in bad[:20])
         raise ValueError(f"{len(bad)} cut(s) in {name} have bad audio:\n  {lines}\n"
                          "fix or remove them (asrkit validate --cuts ...) and rerun")
-    for factor in speed_perturb:
-        cuts = cuts + cuts.perturb_speed(factor)
+    # the originals plus one copy per factor (icefall's cuts + sp0.9 + sp1.1); perturbing the growing
+    # set instead would also add copies of copies (0.9 x 1.1)
+    cuts = cuts + CutSet.from_cuts(c for factor in speed_perturb for c in cuts.perturb_speed(factor))
     # One torch thread per job, in threads of this process: lhotse's default process pool spawns
     # interpreters that re-import torch and oversubscribe the cores, which is ~50x slower here.
     threads = torch.get_num_threads()

@@ -266,3 +266,49 @@ def epoch_checkpoints(exp_dir: PathLike, epoch: int, avg: int = 1) -> List[Path]
     if missing:
         raise FileNotFoundError(f"missing checkpoints {missing}; train more epochs or lower --epoch/--avg")
     return paths
+
+
+def averaged_state_dict(exp_dir: PathLike, epoch: int, avg: int = 1, use_averaged_model: bool = False
+                        ) -> Dict[str, torch.Tensor]:
+    """The weights ``asrkit decode/export --epoch E --avg N [--use-averaged-model]`` stand for.
+
+    Plain: the mean of ``epoch-{E-N+1..E}.pt``. With ``use_averaged_model`` (icefall's default): the
+    mean of the weights at every ``average_period`` steps taken during epochs E-N+1..E, recovered from
+    the running averages stored in ``epoch-{E-N}.pt`` and ``epoch-E.pt`` as
+    ``(avg_E * n_E - avg_start * n_start) / (n_E - n_start)`` (``n`` = steps); when E == N the start
+    is the beginning of training and ``avg_E`` itself is the answer. Finer-grained than averaging N
+    epoch checkpoints, and as cheap.
+    """
+    if not use_averaged_model:
+        return average_checkpoints(epoch_checkpoints(exp_dir, epoch, avg))
+    exp_dir = Path(exp_dir)
+    if avg < 1 or epoch - avg < 0:
+        raise ValueError(f"--use-averaged-model needs 1 <= --avg <= --epoch, got epoch {epoch}, avg {avg}")
+    end_path = exp_dir / f"epoch-{epoch}.pt"
+    end = _averaged_entry(end_path)
+    if epoch == avg:
+        avg_end = end["model_avg"]
+        return {k: v.to(end["model"][k].dtype) for k, v in avg_end.items()}
+    start_path = exp_dir / f"epoch-{epoch - avg}.pt"
+    start = _averaged_entry(start_path)
+    n_end, n_start = int(end["step"]), int(start["step"])
+    if n_end <= n_start:
+        raise ValueError(f"{end_path} (step {n_end}) is not later than {start_path} (step {n_start})")
+    out = {}
+    for k, v in end["model_avg"].items():
+        if v.is_floating_point():
+            mean = (v.double() * n_end - start["model_avg"][k].double() * n_start) / (n_end - n_start)
+            out[k] = mean.to(end["model"][k].dtype)
+        else:
+            out[k] = end["model"][k]
+    return out
+
+
+def _averaged_entry(path: Path) -> Dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"missing checkpoint {path}; train more epochs or lower --epoch/--avg")
+    ckpt = load_checkpoint(path, map_location="cpu")
+    if "model_avg" not in ckpt or "step" not in ckpt:
+        raise KeyError(f"{path} has no running model average (trained with train.average_period=0?); "
+                       f"decode without --use-averaged-model")
+    return ckpt

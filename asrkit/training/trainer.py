@@ -19,8 +19,15 @@ iterator is created from the epoch-start RNG (so workers get the same seeds), an
 of the checkpoint is restored. Randomness *inside* DataLoader workers (e.g. augmentation) continues
 from the worker's seed, so it is exact only if the dataset derives it from the batch itself.
 
-Distributed: ``rank``/``world_size`` are read from torch.distributed; only rank 0 writes checkpoints,
-tensorboard and progress bars. Wrapping the model in DDP is left to the caller (a later issue).
+Distributed (``torchrun``): when torch.distributed is initialised with more than one rank, the model
+is wrapped in DistributedDataParallel (gradients averaged over ranks); each rank reads its own shard
+of the data (the caller builds the sampler with ``rank``/``world_size``); only rank 0 writes
+checkpoints, tensorboard and progress bars.
+
+Model averaging: rank 0 keeps icefall's running average of the weights (``model_avg``, float64, updated
+every ``average_period`` steps with weight ``average_period / step``, i.e. the mean of all snapshots
+so far). It is saved in every checkpoint, so ``asrkit decode --use-averaged-model --epoch E --avg N``
+can recover the average over exactly the steps of epochs E-N+1..E (``checkpoint.averaged_state_dict``).
 """
 
 import logging
@@ -84,6 +91,8 @@ class TrainConfig:
     keep_last_k: int = 5  # step checkpoints kept; 0 = all
     save_best: bool = True  # keep best-valid-loss.pt
     max_bad_batches: int = 20  # batches with a non-finite loss/gradient tolerated before aborting
+    average_period: int = 200  # steps between updates of the running model average; 0 = off
+    find_unused_parameters: bool = True  # DDP: the Zipformer skips layers at random while training
     # Model schedules (Zipformer dropout, layer skipping, ...) count batches of ref_duration seconds
     # of audio, as icefall's --ref-duration; a small value runs them faster for short CPU runs.
     ref_duration: float = 600.0
@@ -99,7 +108,8 @@ class TrainConfig:
             raise ValueError(f"train.num_epochs must be >= 1, got {self.num_epochs}")
         if self.log_interval < 1:
             raise ValueError(f"train.log_interval must be >= 1, got {self.log_interval}")
-        for name in ("valid_interval", "save_every_n", "keep_last_k", "max_bad_batches", "warmup_steps"):
+        for name in ("valid_interval", "save_every_n", "keep_last_k", "max_bad_batches", "warmup_steps",
+                     "average_period"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
 
@@ -183,9 +193,20 @@ class Trainer:
 
         fix_random_seed(cfg.seed)
         self.device = _resolve_device(cfg.device)
-        self.model = model.to(self.device)
-        self.optimizer = build_optimizer(cfg, self.model)
+        model = model.to(self.device)
+        self.optimizer = build_optimizer(cfg, model)  # on the bare model: parameter names without "module."
         self.scheduler = build_scheduler(cfg, self.optimizer)
+        self.model = model
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index or 0] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(model, device_ids=ids,
+                                                 find_unused_parameters=cfg.find_unused_parameters)
+        # running average of the weights (rank 0 only), float64 on the CPU as icefall keeps it
+        self.model_avg: Optional[Dict[str, torch.Tensor]] = None
+        if self.is_main and cfg.average_period > 0:
+            self.model_avg = _cpu_float64_copy(model.state_dict())
         self.amp_dtype = _AMP_DTYPES[cfg.amp_dtype]
         self.use_amp = bool(cfg.amp) and self.device.type == "cuda"
         if self.use_amp and self.amp_dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
@@ -322,10 +343,25 @@ class Trainer:
             return False
         self.scheduler.step()
         self.step += 1
+        if self.model_avg is not None and self.step % self.cfg.average_period == 0:
+            self._update_model_avg()
         self._grad_norm = grad_norm
         self._interval.add(stats, frames, loss_value)
         self._epoch_sums.add(stats, frames, loss_value)
         return True
+
+    @torch.no_grad()
+    def _update_model_avg(self) -> None:
+        """model_avg <- mean of the weights at steps P, 2P, ..., step (P = average_period)."""
+        w = self.cfg.average_period / self.step
+        for k, v in self._bare_model().state_dict().items():
+            if v.is_floating_point():
+                self.model_avg[k].mul_(1.0 - w).add_(v.detach().to("cpu", torch.float64), alpha=w)
+            else:
+                self.model_avg[k] = v.detach().cpu().clone()
+
+    def _bare_model(self) -> nn.Module:
+        return self.model.module if hasattr(self.model, "module") else self.model
 
     def _bad_batch(self, reason: str) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -424,9 +460,8 @@ class Trainer:
 
     def state_dict(self) -> Dict[str, Any]:
         """Everything needed to continue training exactly; loadable with weights_only=True."""
-        model = self.model.module if hasattr(self.model, "module") else self.model
-        return {
-            "model": model.state_dict(),
+        state = {
+            "model": self._bare_model().state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "grad_scaler": self.scaler.state_dict(),
@@ -444,10 +479,26 @@ class Trainer:
             "config": config_to_dict(self.cfg),
             "experiment_config": config_to_dict(self.experiment_config),
         }
+        # Python-side training state of modules (e.g. the Zipformer's adaptive whitening probability)
+        state["module_states"] = {name: m.resume_state() for name, m in self._bare_model().named_modules()
+                                  if hasattr(m, "resume_state")}
+        if self.model_avg is not None:
+            state["model_avg"] = self.model_avg
+            state["average_period"] = self.cfg.average_period
+        return state
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        model = self.model.module if hasattr(self.model, "module") else self.model
-        model.load_state_dict(state["model"])
+        self._bare_model().load_state_dict(state["model"])
+        modules = dict(self._bare_model().named_modules())
+        for name, module_state in state.get("module_states", {}).items():
+            if name in modules and hasattr(modules[name], "load_resume_state"):
+                modules[name].load_resume_state(module_state)
+        if self.model_avg is not None:
+            if "model_avg" in state:
+                self.model_avg = {k: v.cpu().clone() for k, v in state["model_avg"].items()}
+            else:
+                log.warning("checkpoint has no running model average; restarting it from the loaded weights")
+                self.model_avg = _cpu_float64_copy(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("grad_scaler") and self.scaler.is_enabled():
@@ -523,6 +574,12 @@ def _sampler_state(sampler: Any) -> Optional[Dict[str, Any]]:
     except Exception as e:  # informational only: resume fast-forwards by the consumed batch count
         log.debug("sampler state not saved: %s", e)
         return None
+
+
+def _cpu_float64_copy(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Floating-point tensors as float64 CPU copies, others as CPU copies (the running average's start)."""
+    return {k: v.detach().to("cpu", torch.float64, copy=True) if v.is_floating_point() else v.detach().cpu().clone()
+            for k, v in state.items()}
 
 
 def _maybe_len(dl: Any) -> Optional[int]:

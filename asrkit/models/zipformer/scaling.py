@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from typing import Optional, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -426,6 +426,13 @@ class Whiten(nn.Module):
             raise ValueError(f"Whiten: need 0 < min_prob <= max_prob <= 1, got {prob}")
         self.prob = self.max_prob
         self.name: Optional[str] = None
+
+    def resume_state(self) -> Dict[str, float]:
+        """Training state outside the state dict (the adaptive probability), for exact resume."""
+        return {"prob": float(self.prob)}
+
+    def load_resume_state(self, state: Dict[str, float]) -> None:
+        self.prob = float(state["prob"])
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or not x.requires_grad or float(self.grad_scale) == 0:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Synthetic English ASR with a Zipformer-CTC model, end to end on a laptop CPU (make demo):
+# Synthetic English ASR with a Zipformer transducer + CTC, end to end on a laptop CPU (make demo):
 #   ./run.sh                          # all stages
 #   ./run.sh --stage 3 --stop-stage 4 # train and decode only
 # Stages: 0 synthesise speech (espeak-ng), 1 fbank, 2 BPE tokenizer, 3 train, 4 decode + score.
@@ -19,10 +19,13 @@ seed=0
 num_words=100  # 0: the whole built-in word list (~340 words); N: only its first N words
 token_type=char  # char | bpe
 vocab_size=200   # bpe only
-config=conf/zipformer_ctc.yaml
-exp_dir=exp/zipformer_ctc
+config=conf/zipformer_transducer.yaml   # or conf/zipformer_ctc.yaml (then --methods "ctc-greedy ctc-prefix-beam")
+exp_dir=exp/zipformer_transducer
 epochs=7
 avg=2
+use_averaged_model=true  # average the running weight averages (icefall's --use-averaged-model)
+methods="greedy-search modified-beam-search"  # asrkit decode --method names
+beam=4
 overrides=""   # extra key=value for asrkit train, e.g. "train.lr=2e-3 data.max_duration=150"
 
 . ../../../tools/parse_options.sh
@@ -73,9 +76,12 @@ if run_stage 3; then
 fi
 
 if run_stage 4; then
-  log 4 "decode and score (epoch $epochs, average of $avg)"
-  asrkit export --exp-dir "$exp_dir" --epoch "$epochs" --avg "$avg"
-  asrkit decode --exp-dir "$exp_dir" --epoch "$epochs" --avg "$avg" --method greedy prefix-beam --beam 4 \
+  log 4 "decode and score (epoch $epochs, average of $avg, averaged model: $use_averaged_model)"
+  avg_opts=(--epoch "$epochs" --avg "$avg")
+  if [ "$use_averaged_model" = true ]; then avg_opts+=(--use-averaged-model); fi
+  asrkit export --exp-dir "$exp_dir" "${avg_opts[@]}"
+  # shellcheck disable=SC2086  # methods is a list of words
+  asrkit decode --exp-dir "$exp_dir" "${avg_opts[@]}" --method $methods --beam "$beam" \
     --cuts "$data/fbank/${prefix}_cuts_dev.jsonl.gz" "$data/fbank/${prefix}_cuts_test.jsonl.gz" \
     | tee "$exp_dir/results.txt"
 fi
