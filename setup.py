@@ -27,7 +27,8 @@ setup(
         "scipy",  # lhotse resamples with it
     ],
     extras_require={
-        "llm": ["transformers", "peft", "accelerate"],
+        "llm": ["transformers", "peft", "accelerate", "gguf"],
+        "plot": ["matplotlib"],  # asrkit scaling fit --out plot.png
         "sot": ["meeteval", "dill"],
         "dev": ["pytest", "warprnnt_numba", "numba"],  # warprnnt_numba: reference RNN-T loss in tests and bench
     },

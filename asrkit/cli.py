@@ -19,13 +19,15 @@ VERBS = {
     "synth": ("synth", "synthesise an espeak-ng speech corpus as lhotse manifests"),
     "validate": ("validate", "check that every cut's audio and transcript is usable"),
     "prepare": ("prepare", "cut manifests of a real corpus from your local copy (lhotse.recipes)"),
-    "compute-fbank": ("compute_fbank", "extract 80-dim fbank into lilcom storage"),
+    "compute-fbank": ("compute_fbank", "extract fbank or Whisper log-mel features into lilcom storage"),
     "train-tokenizer": ("train_tokenizer", "train a BPE model or build a character table"),
     "train": ("train", "train a model from a YAML config (resumable)"),
     "decode": ("decode", "decode cut manifests and score them (WER/CER)"),
     "export": ("export", "average checkpoints into exp_dir/model.pt"),
     "transcribe": ("transcribe", "print transcripts of audio files with a trained model"),
     "import-icefall": ("import_icefall", "turn an icefall Zipformer checkpoint into an experiment dir"),
+    "scaling": ("scaling", "fit error rate against training FLOPs over experiments and plot it"),
+    "llm": ("llm", "import a GGUF causal LM (e.g. SmolLM2) as a local Hugging Face dir; chat with it"),
 }
 
 

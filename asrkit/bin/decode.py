@@ -18,7 +18,7 @@ import torch
 
 from asrkit.data.datamodule import DataConfig, eval_dataloader
 from asrkit.data.features import load_cuts
-from asrkit.decoding.search import METHODS, SearchOptions, check_methods, decode_batch
+from asrkit.decoding.search import METHODS, SearchOptions, check_methods, decode_texts
 from asrkit.models import load_model
 from asrkit.scoring import summary_line, write_results
 from asrkit.text.tokenizer import load_tokenizer
@@ -35,6 +35,7 @@ def add_args(p):
     p.add_argument("--max-sym-per-frame", type=int, default=1, help="greedy-search")
     p.add_argument("--ctc-weight", type=float, default=0.3, help="ctc-rescoring, joint-ctc-attention")
     p.add_argument("--attention-weight", type=float, default=1.0, help="attention-rescoring")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="llm-*")
     add_checkpoint_args(p)
     p.add_argument("--unit", choices=["word", "char"], default="word")
     p.add_argument("--max-duration", type=float, default=300.0)
@@ -63,19 +64,19 @@ def recognise(model, tokenizer, dl, methods: List[str], opts: SearchOptions, dev
     check_methods(model, methods)
     out = {m: [] for m in methods}
     for batch in dl:
-        hyps = decode_batch(model, batch["feats"].to(device), batch["feat_lens"].to(device), methods, opts)
+        hyps = decode_texts(model, tokenizer, batch["feats"].to(device), batch["feat_lens"].to(device), methods, opts)
         for m in methods:
-            out[m] += [(cid, ref, tokenizer.decode(h)) for cid, ref, h in zip(batch["cut_ids"], batch["texts"], hyps[m])]
+            out[m] += list(zip(batch["cut_ids"], batch["texts"], hyps[m]))
     return out
 
 
 def run(args):
     exp_dir = Path(args.exp_dir)
-    tokenizer = load_tokenizer(exp_dir / "lang")
+    tokenizer = load_tokenizer(exp_dir / "lang") if (exp_dir / "lang").is_dir() else None  # none: speech-LLM
     model = averaged_model(exp_dir, args.epoch, args.avg, args.device, args.use_averaged_model)
     check_methods(model, args.method)
     opts = SearchOptions(beam=args.beam, max_sym_per_frame=args.max_sym_per_frame, ctc_weight=args.ctc_weight,
-                         attention_weight=args.attention_weight)
+                         attention_weight=args.attention_weight, max_new_tokens=args.max_new_tokens)
     tag = "final" if args.epoch is None else f"epoch-{args.epoch}-avg-{args.avg}" + (
         "-use-averaged-model" if args.use_averaged_model else "")
     data_cfg = DataConfig(num_workers=0)
@@ -84,7 +85,7 @@ def run(args):
         test_set = Path(path).name.removesuffix(".jsonl.gz")
         dl = eval_dataloader(data_cfg, load_cuts(path), max_duration=args.max_duration)
         for method, results in recognise(model, tokenizer, dl, args.method, opts, args.device).items():
-            beam = "" if method in ("ctc-greedy", "greedy-search") else f"-beam{args.beam}"
+            beam = "" if method in ("ctc-greedy", "greedy-search", "llm-greedy") else f"-beam{args.beam}"
             stats = write_results(exp_dir / method, f"{test_set}-{tag}{beam}", results, unit=args.unit)
             lines.append(f"{test_set:<32} {method:<22} {summary_line(stats, args.unit)}")
     print("\n".join(lines))

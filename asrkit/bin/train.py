@@ -3,6 +3,12 @@
     asrkit train --config egs/synth/ASR/conf/zipformer_ctc.yaml exp_dir=exp/ctc train.num_epochs=5
     asrkit train --config ... exp_dir=exp/ctc --resume      # continue a killed run
     torchrun --nproc_per_node 4 -m asrkit.bin.train --config ... exp_dir=exp/ctc   # DDP
+    asrkit train --config egs/synth/ASR_LLM/conf/stage3.yaml init_from=exp/stage2   # a speech-LLM
+
+A config whose ``model`` section names an ``llm_dir`` trains a speech-LLM (``SpeechLLMConfig``: encoder
++ projector + causal LM); any other an ``AsrModel`` (``AsrModelConfig``: encoder + CTC/transducer/
+attention heads). ``init_from`` (an experiment dir or checkpoint) starts from earlier weights: the
+stages of a staged recipe (EFIN) hand over this way.
 
 Under ``torchrun`` each rank joins the process group (NCCL on GPU, gloo on CPU), takes the GPU of
 its ``LOCAL_RANK``, and reads its own shard of the data; the effective batch is ``world_size x
@@ -19,12 +25,14 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import yaml
 
 from asrkit.config import load_config, save_config
 from asrkit.data.datamodule import DataConfig, eval_dataloader, filter_cuts, train_dataloader
 from asrkit.data.features import load_cuts
 from asrkit.models.asr import AsrModel, AsrModelConfig
 from asrkit.models.ctc import ctc_min_frames
+from asrkit.models.speech_llm import SpeechLLMConfig
 from asrkit.models.zipformer.scaling import set_batch_count
 from asrkit.text.tokenizer import load_tokenizer
 from asrkit.training.trainer import Trainer, TrainConfig
@@ -36,9 +44,28 @@ log = logging.getLogger(__name__)
 class ExperimentConfig:
     exp_dir: str = "exp"
     lang_dir: str = "data/lang"
+    init_from: str = ""  # experiment dir or checkpoint whose matching weights initialise the model
     data: DataConfig = field(default_factory=DataConfig)
     model: AsrModelConfig = field(default_factory=AsrModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class LlmExperimentConfig:
+    """A speech-LLM experiment: the LLM's own tokenizer is the text tokenizer (no lang_dir)."""
+
+    exp_dir: str = "exp"
+    init_from: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: SpeechLLMConfig = field(default_factory=SpeechLLMConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def is_llm_config(path: str, overrides) -> bool:
+    """True when the config (or an override) gives ``model.llm_dir``: a speech-LLM experiment."""
+    with open(path, encoding="utf-8") as f:
+        raw = yaml.safe_load(f) or {}
+    return bool((raw.get("model") or {}).get("llm_dir")) or any(o.startswith("model.llm_dir=") for o in overrides)
 
 
 def add_args(p):
@@ -63,10 +90,11 @@ def init_distributed(device: str) -> tuple:
 
 
 def run(args):
-    cfg = load_config(ExperimentConfig, args.config, args.overrides)
+    llm = is_llm_config(args.config, args.overrides)
+    cfg = load_config(LlmExperimentConfig if llm else ExperimentConfig, args.config, args.overrides)
     rank, world_size, cfg.train.device = init_distributed(cfg.train.device)
     try:
-        _train(cfg, args.resume, rank, world_size)
+        (_train_llm if llm else _train)(cfg, args.resume, rank, world_size)
     finally:
         if world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
@@ -87,22 +115,17 @@ def _train(cfg: ExperimentConfig, resume: bool, rank: int, world_size: int) -> N
     torch.manual_seed(cfg.train.seed)
     model = AsrModel(cfg.model)
     log.info("model has %s parameters", f"{sum(p.numel() for p in model.parameters()):,}")
+    enc = model.encoder
+    if getattr(enc, "feature_type", None) and (cfg.data.feature_type, cfg.data.num_mel_bins) != (
+            enc.feature_type, enc.num_mel_bins):
+        raise ValueError(f"model.encoder={cfg.model.encoder} takes {enc.num_mel_bins}-dim {enc.feature_type} features: "
+                         f"set data.feature_type={enc.feature_type} data.num_mel_bins={enc.num_mel_bins}")
 
     def frames_needed(text: str) -> int:
         """Encoder frames ``text`` needs: CTC's tokens plus blanks between repeats; the pruned
         transducer loss (as icefall) at least one frame per token."""
         ids = tokenizer.encode(text)
         return ctc_min_frames(ids) if model.ctc is not None else len(ids)
-
-    sub = model.encoder.subsampling_factor
-    train_cuts = filter_cuts(load_cuts(cfg.data.train_cuts), cfg.data.min_utt_duration,
-                             cfg.data.max_utt_duration, frames_needed, sub)
-    train_dl = train_dataloader(cfg.data, train_cuts, rank=rank, world_size=world_size)
-    valid_dl = None
-    if cfg.data.valid_cuts:
-        valid_cuts = filter_cuts(load_cuts(cfg.data.valid_cuts), cfg.data.min_utt_duration,
-                                 cfg.data.max_utt_duration, frames_needed, sub)
-        valid_dl = eval_dataloader(cfg.data, valid_cuts)
 
     def compute_loss(model, batch, is_training):
         device = next(model.parameters()).device
@@ -114,16 +137,83 @@ def _train(cfg: ExperimentConfig, resume: bool, rank: int, world_size: int) -> N
         # frames is 0 when the CTC head dropped every utterance as infeasible; the loss is then 0 too
         return loss / max(frames, 1.0), stats, frames
 
+    _fit(cfg, model, compute_loss, frames_needed, resume, rank, world_size)
+
+
+def _train_llm(cfg: LlmExperimentConfig, resume: bool, rank: int, world_size: int) -> None:
+    from asrkit.models.speech_llm import SpeechLLM
+
+    exp_dir = Path(cfg.exp_dir)
+    if rank == 0:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, exp_dir / "config.yaml")
+    torch.manual_seed(cfg.train.seed)
+    model = SpeechLLM(cfg.model)
+    log.info("speech-LLM: %s parameters, %s trainable", f"{sum(p.numel() for p in model.parameters()):,}",
+             f"{model.num_trainable_parameters():,}")
+
+    def compute_loss(model, batch, is_training):
+        device = batch["feats"].device
+        loss, parts, tokens = model(batch["feats"].to(device), batch["feat_lens"].to(device), batch["texts"])
+        tokens = float(tokens)
+        stats = {"loss": float(loss.detach())}
+        stats.update({k: float(v) for k, v in parts.items()})
+        return loss / max(tokens, 1.0), stats, tokens
+
+    _fit(cfg, model, compute_loss, None, resume, rank, world_size)
+
+
+def init_weights(model: torch.nn.Module, source: str) -> None:
+    """Load the weights of ``source`` (an experiment dir's model.pt, else its newest checkpoint; or a
+    file) that ``model`` has; new ones (e.g. LoRA adapters of a later stage) keep their initialisation."""
+    from asrkit.training.checkpoint import latest_checkpoint, load_checkpoint
+
+    path = Path(source)
+    if path.is_dir():
+        path = path / "model.pt" if (path / "model.pt").is_file() else latest_checkpoint(path)
+        if path is None:
+            raise FileNotFoundError(f"init_from={source}: no model.pt or checkpoint there")
+    state = load_checkpoint(path, map_location="cpu")
+    state = state.get("model", state)
+    own = model.state_dict()
+    shape_mismatch = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if shape_mismatch:
+        raise ValueError(f"init_from={path}: shapes differ for {shape_mismatch[:5]}; same architecture?")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    loaded = len(state) - len(unexpected)
+    if loaded == 0:
+        raise ValueError(f"init_from={path}: none of its {len(state)} tensors belong to this model")
+    log.info("init_from %s: loaded %d tensors, %d of the model's kept their initialisation (e.g. %s), "
+             "%d of the checkpoint's unused (e.g. %s)", path, loaded, len(missing), list(missing)[:3],
+             len(unexpected), list(unexpected)[:3])
+
+
+def _fit(cfg, model, compute_loss, frames_needed, resume: bool, rank: int, world_size: int) -> None:
+    """Data loaders, ``init_from``, and the Trainer: what every experiment kind shares."""
+    if cfg.init_from and not resume:
+        init_weights(model, cfg.init_from)
+    sub = model.encoder.subsampling_factor
+    train_cuts = filter_cuts(load_cuts(cfg.data.train_cuts), cfg.data.min_utt_duration,
+                             cfg.data.max_utt_duration, frames_needed, sub)
+    train_dl = train_dataloader(cfg.data, train_cuts, rank=rank, world_size=world_size)
+    valid_dl = None
+    if cfg.data.valid_cuts:
+        valid_cuts = filter_cuts(load_cuts(cfg.data.valid_cuts), cfg.data.min_utt_duration,
+                                 cfg.data.max_utt_duration, frames_needed, sub)
+        valid_dl = eval_dataloader(cfg.data, valid_cuts)
+
     def on_step(model, step):
         # Zipformer schedules (dropout, layer skipping, bypass floors) count batches of ref_duration
         # seconds of audio, as icefall does, so they behave the same whatever the batch size.
         set_batch_count(model, step * cfg.data.max_duration * world_size / cfg.train.ref_duration)
-        getattr(model, "module", model).set_step(step)
+        bare = getattr(model, "module", model)
+        if hasattr(bare, "set_step"):
+            bare.set_step(step)
 
-    trainer = Trainer(cfg.train, model, train_dl, exp_dir, compute_loss, valid_dl=valid_dl,
+    trainer = Trainer(cfg.train, model, train_dl, Path(cfg.exp_dir), compute_loss, valid_dl=valid_dl,
                       on_step=on_step, experiment_config=cfg)
     if resume:
-        trainer.resume(exp_dir)
+        trainer.resume(Path(cfg.exp_dir))
     trainer.fit()
 
 

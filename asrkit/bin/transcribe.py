@@ -10,8 +10,10 @@ from pathlib import Path
 import torch
 from lhotse import Recording
 
-from asrkit.data.features import SAMPLE_RATE, fbank_extractor
-from asrkit.decoding.search import METHODS, SearchOptions, check_methods, decode_batch, default_method
+import yaml
+
+from asrkit.data.features import SAMPLE_RATE, feature_extractor
+from asrkit.decoding.search import METHODS, SearchOptions, check_methods, decode_texts, default_method
 from asrkit.models import load_model
 from asrkit.text.tokenizer import load_tokenizer
 
@@ -25,7 +27,7 @@ def add_args(p):
 
 
 @torch.no_grad()
-def transcribe_file(model, tokenizer, path: str, method: str, beam: int = 4) -> str:
+def transcribe_file(model, tokenizer, path: str, method: str, beam: int = 4, extractor=None) -> str:
     if not Path(path).is_file():
         raise FileNotFoundError(f"audio file not found: {path}")
     try:
@@ -33,15 +35,19 @@ def transcribe_file(model, tokenizer, path: str, method: str, beam: int = 4) -> 
         audio = rec.load_audio().mean(axis=0)  # (S,)
     except Exception as e:
         raise RuntimeError(f"cannot read audio {path} ({type(e).__name__}: {e})") from e
-    feats = torch.from_numpy(fbank_extractor().extract(audio, SAMPLE_RATE)).unsqueeze(0)  # (1, T, 80)
-    hyps = decode_batch(model, feats, torch.tensor([feats.shape[1]]), [method], SearchOptions(beam=beam))
-    return tokenizer.decode(hyps[method][0])
+    extractor = extractor or feature_extractor()
+    feats = torch.from_numpy(extractor.extract(audio, SAMPLE_RATE)).unsqueeze(0)  # (1, T, C)
+    return decode_texts(model, tokenizer, feats, torch.tensor([feats.shape[1]]), [method], SearchOptions(beam=beam))[method][0]
 
 
 def run(args):
     model = load_model(args.exp_dir)
-    tokenizer = load_tokenizer(Path(args.exp_dir) / "lang")
+    lang = Path(args.exp_dir) / "lang"
+    tokenizer = load_tokenizer(lang) if lang.is_dir() else None  # a speech-LLM has its own
     method = args.method or default_method(model)
     check_methods(model, [method])
+    # the features the model was trained on (fbank, or Whisper log-mel), from the experiment's config
+    data = yaml.safe_load((Path(args.exp_dir) / "config.yaml").read_text(encoding="utf-8")).get("data", {})
+    extractor = feature_extractor(data.get("feature_type", "fbank"), data.get("num_mel_bins", 80))
     for path in args.audio:
-        print(f"{path}\t{transcribe_file(model, tokenizer, path, method, args.beam)}")
+        print(f"{path}\t{transcribe_file(model, tokenizer, path, method, args.beam, extractor)}")

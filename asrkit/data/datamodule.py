@@ -16,7 +16,7 @@ from lhotse import CutSet
 from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler, SpecAugment
 from lhotse.dataset.input_strategies import OnTheFlyFeatures, PrecomputedFeatures
 
-from asrkit.data.features import audio_sources, fbank_extractor, first_line
+from asrkit.data.features import FEATURE_ALIASES, NUM_MEL_BINS, audio_sources, feature_extractor, first_line
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,9 @@ class DataConfig:
     max_duration: float = 200.0  # seconds of audio per batch
     num_buckets: int = 10
     num_workers: int = 2
-    on_the_fly_feats: bool = False  # compute fbank in the workers instead of reading lilcom
+    on_the_fly_feats: bool = False  # compute features in the workers instead of reading lilcom
+    feature_type: str = "fbank"  # or "whisper-fbank" (Whisper encoders); precomputed ones are checked against it
+    num_mel_bins: int = NUM_MEL_BINS  # 80, or 128 for Whisper large-v3 / turbo
     speed_perturb: List[float] = ()  # e.g. [0.9, 1.1]; on-the-fly features only
     spec_augment: bool = True
     time_warp_factor: int = 80
@@ -39,15 +41,18 @@ class DataConfig:
 
 
 class AsrDataset(torch.utils.data.Dataset):
-    """Map a CutSet (one sampler batch) to padded fbank and transcripts.
+    """Map a CutSet (one sampler batch) to padded features and transcripts.
 
-    Returns ``{"feats": (N, T, 80), "feat_lens": (N,), "texts": [str], "cut_ids": [str]}``
-    sorted by decreasing length, as lhotse's collation does.
+    Returns ``{"feats": (N, T, C), "feat_lens": (N,), "texts": [str], "cut_ids": [str]}``
+    sorted by decreasing length, as lhotse's collation does. ``feature_type`` and ``num_mel_bins``
+    pick the on-the-fly front end; precomputed features are read as stored.
     """
 
-    def __init__(self, on_the_fly_feats: bool = False, spec_augment: Optional[SpecAugment] = None):
+    def __init__(self, on_the_fly_feats: bool = False, spec_augment: Optional[SpecAugment] = None,
+                 feature_type: str = "fbank", num_mel_bins: int = NUM_MEL_BINS):
         super().__init__()
-        self.strategy = OnTheFlyFeatures(fbank_extractor()) if on_the_fly_feats else PrecomputedFeatures()
+        self.strategy = OnTheFlyFeatures(feature_extractor(feature_type, num_mel_bins)) if on_the_fly_feats \
+            else PrecomputedFeatures()
         self.spec_augment = spec_augment
 
     def __getitem__(self, cuts: CutSet) -> Dict:
@@ -117,10 +122,45 @@ def filter_cuts(
     return cuts.filter(keep)
 
 
+def stored_feature_type(cut) -> Optional[tuple]:
+    """``(type, dim)`` of a cut's precomputed features (a mixture's first track with features), or None.
+
+    The type is one of :data:`FEATURE_TYPES` where lhotse's name is an alias of one (kaldifeat-fbank is fbank).
+    """
+    feats = getattr(cut, "features", None)
+    for track in getattr(cut, "tracks", None) or ():
+        feats = feats or getattr(track.cut, "features", None)
+    return (FEATURE_ALIASES.get(feats.type, feats.type), feats.num_features) if feats is not None else None
+
+
+def check_feature_type(cfg: DataConfig, cuts: CutSet) -> None:
+    """Fail early when the manifest's stored features are not the ones ``cfg`` asks for.
+
+    Kaldi fbank and Whisper log-mel can both have 80 bins, so a model's input-dim check alone
+    would not notice one fed in place of the other. Looks at the first cut only.
+    """
+    first = next(iter(cuts), None)
+    if first is None:
+        return  # an empty manifest is the sampler's (or filter_cuts') to report
+    found, want = stored_feature_type(first), (cfg.feature_type, cfg.num_mel_bins)
+    if found is None:
+        raise ValueError("the cuts have no precomputed features: run `asrkit compute-fbank` "
+                         "or set data.on_the_fly_feats=true")
+    if found != want:
+        raise ValueError(f"the cuts hold {found[1]}-dim {found[0]} features but the config asks for {want[1]}-dim "
+                         f"{want[0]}: recompute with `asrkit compute-fbank --feature-type {want[0]} --num-mel-bins "
+                         f"{want[1]}` or set data.feature_type={found[0]} data.num_mel_bins={found[1]}")
+
+
 def train_dataloader(
     cfg: DataConfig, cuts: CutSet, rank: int = 0, world_size: int = 1
 ) -> torch.utils.data.DataLoader:
-    """Bucketed, shuffled, rank-sharded batches of ``cfg.max_duration`` seconds."""
+    """Bucketed, shuffled, rank-sharded batches of ``cfg.max_duration`` seconds.
+
+    Precomputed features are checked against ``cfg.feature_type`` / ``cfg.num_mel_bins`` first.
+    """
+    if not cfg.on_the_fly_feats:
+        check_feature_type(cfg, cuts)
     if cfg.speed_perturb:
         if not cfg.on_the_fly_feats:
             raise ValueError("data.speed_perturb needs data.on_the_fly_feats=true; for precomputed "
@@ -132,13 +172,18 @@ def train_dataloader(
     )
     spec = SpecAugment(time_warp_factor=cfg.time_warp_factor, num_frame_masks=cfg.num_frame_masks) \
         if cfg.spec_augment else None
-    return _loader(AsrDataset(cfg.on_the_fly_feats, spec), sampler, cfg.num_workers)
+    return _loader(AsrDataset(cfg.on_the_fly_feats, spec, cfg.feature_type, cfg.num_mel_bins), sampler,
+                   cfg.num_workers)
 
 
 def eval_dataloader(cfg: DataConfig, cuts: CutSet, max_duration: Optional[float] = None) -> torch.utils.data.DataLoader:
-    """Every cut once, in manifest order (no bucketing, no augmentation)."""
+    """Every cut once, in manifest order (no bucketing, no augmentation).
+
+    Precomputed features are used as stored, unchecked: decoding reads whatever a test manifest holds.
+    """
     sampler = SimpleCutSampler(cuts, max_duration=max_duration or cfg.max_duration, shuffle=False)
-    return _loader(AsrDataset(cfg.on_the_fly_feats), sampler, cfg.num_workers)
+    return _loader(AsrDataset(cfg.on_the_fly_feats, None, cfg.feature_type, cfg.num_mel_bins), sampler,
+                   cfg.num_workers)
 
 
 def _loader(dataset, sampler, num_workers: int) -> torch.utils.data.DataLoader:

@@ -1,6 +1,10 @@
-"""Audio checks and 80-dim fbank extraction into lilcom storage, with lhotse doing the work.
+"""Audio checks and feature extraction into lilcom storage, with lhotse doing the work.
 
     asrkit compute-fbank --cuts data/manifests/x_cuts_train.jsonl.gz --out-dir data/fbank --num-jobs 2
+    asrkit compute-fbank --cuts ... --feature-type whisper-fbank --num-mel-bins 128   # for Whisper encoders
+
+Two front ends: ``fbank`` (Kaldi-compatible log-mel, 80 bins, what Zipformer recipes use) and
+``whisper-fbank`` (Whisper's normalised log10-mel, 80 or 128 bins, 100 frames/s), both in torch.
 
 Every recipe goes through here, so a missing or corrupt audio file is reported once, by name,
 before a long training run meets it.
@@ -9,22 +13,87 @@ before a long training run meets it.
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter
 from lhotse.cut import Cut
+from lhotse.features import FeatureExtractor
+from lhotse.features import WhisperFbank as _LhotseWhisperFbank
+from lhotse.features import WhisperFbankConfig
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 NUM_MEL_BINS = 80
+FEATURE_TYPES = ("fbank", "whisper-fbank")
+WHISPER_MEL_BINS = (80, 128)  # large-v3 and turbo use 128, every other Whisper 80
+# lhotse's names of stored features that are numerically one of FEATURE_TYPES
+FEATURE_ALIASES = {"kaldi-fbank": "fbank", "kaldifeat-fbank": "fbank", "whisper-v3-fbank": "whisper-fbank"}
 
 
 def fbank_extractor(num_mel_bins: int = NUM_MEL_BINS) -> Fbank:
-    """lhotse's own torch fbank (Kaldi-compatible), the front end every asrkit model expects."""
+    """lhotse's own torch fbank (Kaldi-compatible), the front end of the Zipformer recipes."""
     return Fbank(FbankConfig(num_mel_bins=num_mel_bins, device="cpu"))
+
+
+def slaney_mel_filters(num_mel_bins: int, n_fft: int = 400, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """(num_mel_bins, n_fft // 2 + 1) triangular filters on the Slaney mel scale with Slaney area
+    normalisation: the filters Whisper's front end uses (librosa's ``filters.mel`` defaults)."""
+    f_sp, min_log_hz = 200.0 / 3, 1000.0  # linear below 1 kHz, logarithmic above
+    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
+
+    def hz_to_mel(f):
+        f = np.asarray(f, dtype=np.float64)
+        log_part = min_log_mel + np.log(np.maximum(f, min_log_hz) / min_log_hz) / logstep
+        return np.where(f >= min_log_hz, log_part, f / f_sp)
+
+    def mel_to_hz(m):
+        return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), f_sp * m)
+
+    fft_freqs = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
+    edges = mel_to_hz(np.linspace(hz_to_mel(0.0), hz_to_mel(sample_rate / 2), num_mel_bins + 2))  # (M + 2,)
+    width = np.diff(edges)  # (M + 1,)
+    ramps = edges[:, None] - fft_freqs[None, :]  # (M + 2, F)
+    rising, falling = -ramps[:-2] / width[:-1, None], ramps[2:] / width[1:, None]  # (M, F) each
+    weights = np.maximum(0.0, np.minimum(rising, falling))
+    weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]  # equal area per filter
+    return weights.astype(np.float32)
+
+
+class WhisperFbank(_LhotseWhisperFbank):
+    """lhotse's ``WhisperFbank`` (Whisper's log-mel in torch) with the mel filters built here, so the
+    data layer does not need librosa, which lhotse imports only to build them."""
+
+    def __init__(self, config: Optional[WhisperFbankConfig] = None):
+        FeatureExtractor.__init__(self, config=config)  # skips the parent's librosa import, sets self.config
+        self.sampling_rate, self.hop_length, self.n_fft = SAMPLE_RATE, 160, 400
+        self.num_filters = self.config.num_filters
+        self.filters = torch.from_numpy(slaney_mel_filters(self.num_filters, self.n_fft)).to(self.config.device)
+        self.window = torch.hann_window(self.n_fft).to(self.config.device)
+
+
+def feature_extractor(feature_type: str = "fbank", num_mel_bins: int = NUM_MEL_BINS) -> FeatureExtractor:
+    """The extractor for a ``feature_type`` of :data:`FEATURE_TYPES`, computing on CPU."""
+    if feature_type == "fbank":
+        if num_mel_bins <= 0:
+            raise ValueError(f"num_mel_bins must be > 0, got {num_mel_bins}")
+        return fbank_extractor(num_mel_bins)
+    if feature_type == "whisper-fbank":
+        if num_mel_bins not in WHISPER_MEL_BINS:
+            raise ValueError(f"whisper-fbank needs num_mel_bins 80 or 128 (the Whisper checkpoints' inputs), "
+                             f"got {num_mel_bins}")
+        return WhisperFbank(WhisperFbankConfig(num_filters=num_mel_bins, device="cpu"))
+    raise ValueError(f"unknown feature type {feature_type!r}; choose from {', '.join(FEATURE_TYPES)}")
+
+
+def feature_writer(feature_type: str):
+    """lilcom storage, with 8x finer steps for Whisper's log-mel: it spans ~4 units where Kaldi's
+    natural-log fbank spans ~30, so lhotse's default 2^-5 step would be ~0.6 dB of error."""
+    return partial(LilcomChunkyWriter, tick_power=-8) if feature_type == "whisper-fbank" else LilcomChunkyWriter
 
 
 def audio_sources(cut: Cut) -> List[str]:
@@ -71,12 +140,16 @@ def compute_fbank(
     num_jobs: int = 1,
     speed_perturb: Sequence[float] = (),
     sample_rate: int = SAMPLE_RATE,
+    feature_type: str = "fbank",
+    num_mel_bins: int = NUM_MEL_BINS,
 ) -> CutSet:
-    """Extract fbank for ``cuts`` into ``out_dir/<name>_feats`` and write ``out_dir/<name>.jsonl.gz``.
+    """Extract features for ``cuts`` into ``out_dir/<name>_feats`` and write ``out_dir/<name>.jsonl.gz``.
 
+    ``feature_type`` is ``"fbank"`` or ``"whisper-fbank"`` (see :func:`feature_extractor`).
     ``speed_perturb`` (e.g. ``(0.9, 1.1)``) adds perturbed copies before extraction, as icefall does.
     Raises ``ValueError`` listing bad audio before anything is written.
     """
+    extractor = feature_extractor(feature_type, num_mel_bins)  # bad options fail before any audio is read
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cuts = cuts.to_eager()
@@ -98,17 +171,17 @@ def compute_fbank(
     try:
         with ThreadPoolExecutor(num_jobs) if num_jobs > 1 else nullcontext() as executor:
             cuts = cuts.compute_and_store_features(
-                extractor=fbank_extractor(),
+                extractor=extractor,
                 storage_path=out_dir / f"{name}_feats",
                 num_jobs=num_jobs,
-                storage_type=LilcomChunkyWriter,
+                storage_type=feature_writer(feature_type),
                 executor=executor,
             )
     finally:
         torch.set_num_threads(threads)
     path = out_dir / f"{name}.jsonl.gz"
     cuts.to_file(path)
-    log.info("wrote %d cuts with features to %s", len(cuts), path)
+    log.info("wrote %d cuts with %d-dim %s to %s", len(cuts), num_mel_bins, feature_type, path)
     return cuts
 
 

@@ -18,7 +18,12 @@ ctc-rescoring              transducer n-best (modified beam search) rescored wit
 attention-beam-search      attention decoder: autoregressive beam search
 joint-ctc-attention        attention beam search with CTC prefix scores, (1 - w) att + w ctc
 attention-rescoring        transducer n-best rescored with + w * attention-decoder log-likelihood
+llm-greedy                 speech-LLM: greedy generation through the LLM's ``generate``
+llm-beam-search            speech-LLM: beam search through ``generate``
 =========================  ==========================================================================
+
+:func:`decode_texts` turns any of them into text: token ids through the experiment's tokenizer, or
+the speech-LLM's own strings.
 """
 
 from dataclasses import dataclass
@@ -40,6 +45,8 @@ METHODS = {
     "attention-beam-search": "attention",
     "joint-ctc-attention": "attention+ctc",
     "attention-rescoring": "transducer+attention",
+    "llm-greedy": "llm",
+    "llm-beam-search": "llm",
 }
 
 
@@ -50,10 +57,13 @@ class SearchOptions:
     ctc_weight: float = 0.3  # ctc-rescoring and joint-ctc-attention: weight of the CTC score
     attention_weight: float = 1.0  # attention-rescoring: weight of the attention log-likelihood
     length_penalty: float = 0.0  # attention-beam-search
+    max_new_tokens: int = 200  # llm-*
 
 
 def default_method(model) -> str:
     """What ``asrkit transcribe`` uses without ``--method``: transducer greedy, else CTC, else AED."""
+    if hasattr(model, "llm"):
+        return "llm-greedy"
     if model.transducer is not None:
         return "greedy-search"
     return "ctc-greedy" if model.ctc is not None else "attention-beam-search"
@@ -64,10 +74,27 @@ def check_methods(model, methods: Sequence[str]) -> None:
     for m in methods:
         if m not in METHODS:
             raise ValueError(f"unknown decoding method {m!r}; choose from {', '.join(METHODS)}")
-        missing = [h for h in METHODS[m].split("+") if getattr(model, h) is None]
+        missing = [h for h in METHODS[m].split("+") if getattr(model, h, None) is None]
+        if missing == ["llm"]:
+            raise ValueError(f"method {m!r} is for speech-LLM models; this is an AsrModel")
+        if hasattr(model, "llm") and METHODS[m] != "llm":
+            raise ValueError(f"method {m!r} needs an AsrModel head; a speech-LLM decodes with llm-greedy or "
+                             f"llm-beam-search")
         if missing:
             raise ValueError(f"method {m!r} needs the {' and '.join(missing)} head(s), which this model does not "
                              f"have (its config sets model.{missing[0]}_weight to 0)")
+
+
+@torch.no_grad()
+def decode_texts(model, tokenizer, feats: torch.Tensor, feat_lens: torch.Tensor, methods: Sequence[str],
+                 opts: SearchOptions = SearchOptions()) -> Dict[str, List[str]]:
+    """Text per utterance for each method (``tokenizer`` unused for a speech-LLM: it has its own)."""
+    check_methods(model, methods)
+    if hasattr(model, "llm"):
+        return {m: model.generate(feats, feat_lens, max_new_tokens=opts.max_new_tokens,
+                                  num_beams=1 if m == "llm-greedy" else opts.beam) for m in methods}
+    hyps = decode_batch(model, feats, feat_lens, methods, opts)
+    return {m: [tokenizer.decode(h) for h in hyps[m]] for m in methods}
 
 
 @torch.no_grad()

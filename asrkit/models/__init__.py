@@ -28,8 +28,13 @@ def load_model(exp_dir: Union[str, Path], checkpoint: Optional[Union[str, Path]]
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{cfg_path} not found: is {exp_dir} an asrkit experiment dir?")
     with open(cfg_path, encoding="utf-8") as f:
-        model_cfg = config_from_dict(AsrModelConfig, yaml.safe_load(f)["model"])
-    model = AsrModel(model_cfg)
+        raw = yaml.safe_load(f)["model"]
+    if "llm_dir" in raw:  # a speech-LLM experiment: the frozen LLM weights come from llm_dir, not the checkpoint
+        from asrkit.models.speech_llm import SpeechLLM, SpeechLLMConfig
+
+        model = SpeechLLM(config_from_dict(SpeechLLMConfig, raw), init_encoder=False)
+    else:
+        model = AsrModel(config_from_dict(AsrModelConfig, raw))
     if checkpoint is None:
         checkpoint = exp_dir / "model.pt"
         if not checkpoint.is_file():
