@@ -115,11 +115,6 @@ def _train(cfg: ExperimentConfig, resume: bool, rank: int, world_size: int) -> N
     torch.manual_seed(cfg.train.seed)
     model = AsrModel(cfg.model)
     log.info("model has %s parameters", f"{sum(p.numel() for p in model.parameters()):,}")
-    enc = model.encoder
-    if getattr(enc, "feature_type", None) and (cfg.data.feature_type, cfg.data.num_mel_bins) != (
-            enc.feature_type, enc.num_mel_bins):
-        raise ValueError(f"model.encoder={cfg.model.encoder} takes {enc.num_mel_bins}-dim {enc.feature_type} features: "
-                         f"set data.feature_type={enc.feature_type} data.num_mel_bins={enc.num_mel_bins}")
 
     def frames_needed(text: str) -> int:
         """Encoder frames ``text`` needs: CTC's tokens plus blanks between repeats; the pruned
@@ -190,9 +185,14 @@ def init_weights(model: torch.nn.Module, source: str) -> None:
 
 def _fit(cfg, model, compute_loss, frames_needed, resume: bool, rank: int, world_size: int) -> None:
     """Data loaders, ``init_from``, and the Trainer: what every experiment kind shares."""
+    enc = model.encoder
+    if getattr(enc, "feature_type", None) and (cfg.data.feature_type, cfg.data.num_mel_bins) != (
+            enc.feature_type, enc.num_mel_bins):
+        raise ValueError(f"model.encoder={cfg.model.encoder} takes {enc.num_mel_bins}-dim {enc.feature_type} features: "
+                         f"set data.feature_type={enc.feature_type} data.num_mel_bins={enc.num_mel_bins}")
     if cfg.init_from and not resume:
         init_weights(model, cfg.init_from)
-    sub = model.encoder.subsampling_factor
+    sub = enc.subsampling_factor
     train_cuts = filter_cuts(load_cuts(cfg.data.train_cuts), cfg.data.min_utt_duration,
                              cfg.data.max_utt_duration, frames_needed, sub)
     train_dl = train_dataloader(cfg.data, train_cuts, rank=rank, world_size=world_size)

@@ -103,7 +103,8 @@ def decode_batch(model, feats: torch.Tensor, feat_lens: torch.Tensor, methods: S
     """Token ids per utterance for each method; the encoder runs once."""
     check_methods(model, methods)
     enc, enc_lens = model.forward_encoder(feats, feat_lens)  # (N, T, D), (N,)
-    ctc_lp = model.ctc(enc) if model.ctc is not None else None  # (N, T, V)
+    needs_ctc = any("ctc" in METHODS[m].split("+") for m in methods)
+    ctc_lp = model.ctc(enc) if needs_ctc else None  # (N, T, V)
     blank = model.cfg.blank_id
     nbest = None
     if any(m in ("ctc-rescoring", "attention-rescoring") for m in methods):

@@ -5,23 +5,30 @@ comes from ``config.yaml`` saved there at training time, the weights from ``mode
 (written by ``asrkit export``) or else the newest ``epoch-N.pt``.
 """
 
-import re
 from pathlib import Path
 from typing import Optional, Union
 
-import torch
 import yaml
 
+from asrkit.training.checkpoint import find_checkpoints
 
-def newest_epoch_checkpoint(exp_dir: Path) -> Optional[Path]:
-    found = [(int(m.group(1)), p) for p in Path(exp_dir).glob("epoch-*.pt") if (m := re.fullmatch(r"epoch-(\d+)\.pt", p.name))]
-    return max(found)[1] if found else None
+
+def experiment_weights(exp_dir: Union[str, Path]) -> Path:
+    """The file holding an experiment's model weights: ``model.pt``, else the newest ``epoch-N.pt``."""
+    exp_dir = Path(exp_dir)
+    if (exp_dir / "model.pt").is_file():
+        return exp_dir / "model.pt"
+    epochs = find_checkpoints(exp_dir, "epoch")
+    if not epochs:
+        raise FileNotFoundError(f"no model.pt or epoch-N.pt in {exp_dir}; train or export first")
+    return epochs[-1]
 
 
 def load_model(exp_dir: Union[str, Path], checkpoint: Optional[Union[str, Path]] = None, device: str = "cpu"):
     """Return the experiment's model in eval mode on ``device``."""
     from asrkit.config import config_from_dict
     from asrkit.models.asr import AsrModel, AsrModelConfig
+    from asrkit.training.checkpoint import load_checkpoint
 
     exp_dir = Path(exp_dir)
     cfg_path = exp_dir / "config.yaml"
@@ -35,15 +42,6 @@ def load_model(exp_dir: Union[str, Path], checkpoint: Optional[Union[str, Path]]
         model = SpeechLLM(config_from_dict(SpeechLLMConfig, raw), init_encoder=False)
     else:
         model = AsrModel(config_from_dict(AsrModelConfig, raw))
-    if checkpoint is None:
-        checkpoint = exp_dir / "model.pt"
-        if not checkpoint.is_file():
-            checkpoint = newest_epoch_checkpoint(exp_dir)
-        if checkpoint is None:
-            raise FileNotFoundError(f"no model.pt or epoch-N.pt in {exp_dir}; train or export first")
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise RuntimeError(f"cannot load {checkpoint} ({type(e).__name__}: {e}); truncated or corrupt?") from e
+    state = load_checkpoint(experiment_weights(exp_dir) if checkpoint is None else checkpoint)
     model.load_state_dict(state["model"] if "model" in state else state)
     return model.to(device).eval()

@@ -343,19 +343,15 @@ class SpeechLLM(nn.Module):
 
 
 def load_encoder_weights(encoder: nn.Module, source: str) -> None:
-    """Copy ``encoder.*`` weights from an asrkit exp dir (via ``load_model``) or a checkpoint file."""
+    """Copy ``encoder.*`` weights from an asrkit exp dir (the file ``load_model`` reads) or a checkpoint file."""
+    from asrkit.models import experiment_weights
     from asrkit.training.checkpoint import load_checkpoint
 
     path = Path(source)
-    if path.is_dir():
-        from asrkit.models import load_model
-
-        state = {f"encoder.{k}": v for k, v in load_model(path).encoder.state_dict().items()}
-    elif path.is_file():
-        state = load_checkpoint(path)
-        state = state.get("model", state)
-    else:
+    if not path.exists():
         raise FileNotFoundError(f"model.encoder_init={source}: no such experiment dir or checkpoint file")
+    state = load_checkpoint(experiment_weights(path) if path.is_dir() else path)
+    state = state.get("model", state)
     enc = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
     if not enc:
         raise ValueError(f"model.encoder_init={source} holds no encoder.* weights")

@@ -159,8 +159,8 @@ if run_stage 7; then
   read_llm
   budget=()
   if [ "$baseline_budget" = flops ]; then
-    efin_flops=$("$python_bin" -c 'import json, sys
-print(sum(json.load(open(d + "/flops.json"))["flops"] for d in sys.argv[1:]))' "$s1" "$s2" "$s3")
+    efin_flops=$("$python_bin" -c 'import sys; from asrkit.scaling import compute_of
+print(sum(compute_of(d) for d in sys.argv[1:]))' "$s1" "$s2" "$s3")
     budget=(train.max_flops="$efin_flops")
     log 7 "baseline budget: EFIN's training compute, $efin_flops FLOPs"
   elif [ "$baseline_budget" != steps ]; then

@@ -8,35 +8,24 @@
 
 Each ``--system NAME EXP_DIR METHOD COMPUTE_DIRS`` reads ``EXP_DIR/METHOD/wer-summary-<test set>-final*.txt``
 (written by ``asrkit decode`` without --epoch) and sums the training FLOPs of the comma-separated
-COMPUTE_DIRS (the stages that produced the system) from their ``flops.json``; "n/a" when one lacks it.
+COMPUTE_DIRS (the stages that produced the system): ``asrkit.scaling.compute_of`` (flops.json, else the newest
+checkpoint); "n/a" when one has no record.
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import List, Optional
 
-from asrkit.scaling import read_summary
-
-FLOPS_KEYS = ("flops", "total_flops")  # flops.json's running total (asrkit.training.flops)
-
-
-def stage_flops(exp_dir: Path) -> Optional[float]:
-    """Training FLOPs recorded in ``exp_dir/flops.json``; None when there is none."""
-    path = exp_dir / "flops.json"
-    if not path.is_file():
-        return None
-    info = json.loads(path.read_text(encoding="utf-8"))
-    for key in FLOPS_KEYS:
-        if isinstance(info.get(key), (int, float)):
-            return float(info[key])
-    return None
+from asrkit.scaling import compute_of, read_summary
 
 
 def total_flops(dirs: List[Path]) -> Optional[float]:
-    values = [stage_flops(d) for d in dirs]
-    return None if any(v is None for v in values) else sum(values)
+    """Training FLOPs of the stages in ``dirs`` together; None when one has no record of them."""
+    try:
+        return sum(compute_of(d) for d in dirs)
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 def cer(exp_dir: Path, method: str, test_set: str) -> str:
