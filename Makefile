@@ -15,7 +15,7 @@ install: $(STAMP)
 $(STAMP): setup.py
 	test -x "$(PY)" || $(PYTHON) -m venv "$(VENV)"
 	"$(PY)" -m pip install -q "$(TORCH)"
-	"$(PY)" -m pip install -q -e ".[dev,llm,plot]"
+	"$(PY)" -m pip install -q -e ".[dev,llm,plot,sot,ssl]"
 	touch "$(STAMP)"
 
 espeak:

@@ -29,7 +29,8 @@ setup(
     extras_require={
         "llm": ["transformers", "peft", "accelerate", "gguf"],
         "plot": ["matplotlib"],  # asrkit scaling fit --out plot.png
-        "sot": ["meeteval", "dill"],
+        "sot": ["meeteval", "dill"],  # cpWER scoring; lhotse's meeting simulator
+        "ssl": ["scikit-learn", "silero-vad>=6.2"],  # k-means targets (asrkit ssl kmeans); VAD (asrkit segment)
         "dev": ["pytest", "warprnnt_numba", "numba"],  # warprnnt_numba: reference RNN-T loss in tests and bench
     },
     entry_points={"console_scripts": ["asrkit=asrkit.cli:main"]},

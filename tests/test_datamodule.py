@@ -5,7 +5,6 @@ import logging
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from lhotse import CutSet, Recording, SupervisionSegment
 
 from asrkit.data.datamodule import DataConfig, eval_dataloader, filter_cuts, train_dataloader

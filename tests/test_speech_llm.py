@@ -218,6 +218,20 @@ def test_extra_special_tokens(llm_dirs):
     assert [k for k in model.state_dict() if k.startswith("llm.")] == llm_trainable
 
 
+def test_the_assistant_turn_ends_at_any_llm_control_token(llm_dirs):
+    """A model that opens a new chat turn instead of writing <|im_end|> must not leak "assistant ..." text."""
+    model = SpeechLLM(_config(llm_dirs["qwen2"], extra_special_tokens=["<sc>"]))
+    tok = model.tokenizer
+    words = tok("hello <sc> world", add_special_tokens=False)["input_ids"]
+    more = tok("assistant\nhello", add_special_tokens=False)["input_ids"]
+    im_start = tok.convert_tokens_to_ids("<|im_start|>")
+    assert model.decode(words + [im_start] + more) == "hello <sc> world"
+    assert model.decode(words + [model.eos_id] + more) == "hello <sc> world"
+    assert model.decode(words) == "hello <sc> world"
+    assert model._stop_ids[0] == model.eos_id and im_start in model._stop_ids
+    assert tok.convert_tokens_to_ids("<sc>") not in model._stop_ids
+
+
 def test_batched_generation_equals_one_at_a_time_untrained(llm_dirs):
     """An untrained model emits arbitrary tokens: any padding leak would show as a difference."""
     model = SpeechLLM(_config(llm_dirs["qwen2"])).eval()
@@ -289,3 +303,18 @@ def test_trained_model_transcribes_and_round_trips(llm_dirs):
     assert wrapper.module.generate(feats, lens, max_new_tokens=30) == TEXTS
     with pytest.raises(RuntimeError, match="does not fit(.|\n)*lora_A"):
         SpeechLLM(cfg, init_encoder=False).load_state_dict({k: v for k, v in state.items() if "lora" not in k})
+
+
+def test_trainable_encoder_keeps_its_own_frozen_parts(llm_dirs, tmp_path):
+    """freeze_encoder=False must not unfreeze what the encoder keeps fixed: Whisper's sinusoidal
+    positions, and every layer below unfreeze_last_n_layers."""
+    from test_whisper import save_tiny_whisper
+
+    whisper_dir = save_tiny_whisper(tmp_path / "whisper", num_mel_bins=20)
+    cfg = _config(llm_dirs["qwen2"], encoder="whisper", freeze_encoder=False,
+                  encoder_conf=dict(model_dir=str(whisper_dir), freeze=True, unfreeze_last_n_layers=1))
+    model = SpeechLLM(cfg)
+    trainable = {n for n, p in model.encoder.named_parameters() if p.requires_grad}
+    assert trainable and all("embed_positions" not in n for n in trainable)
+    assert all(".layers.2." in n or "layer_norm" in n for n in trainable if ".layers." in n or "norm" in n)
+    assert not any(".layers.0." in n or ".layers.1." in n for n in trainable)

@@ -289,3 +289,11 @@ def test_noise_floor_removes_digital_silence(corpora):
     samples = np.concatenate([audio(c) for c in sets["en"]["train"]])
     assert np.mean(samples == 0.0) < 0.05
     assert 5e-4 < np.sqrt(np.mean(samples ** 2)) < 0.5
+
+
+def test_a_crashing_voice_variant_falls_back_to_the_plain_voice():
+    """espeak-ng segfaults on this text with vi+robosoft5 (exit 139); the corpus must not stop there."""
+    from asrkit.data.synth import Speaker, run_espeak
+
+    samples, sr = run_espeak("mặt trời cây bà gió", Speaker("vi-x", "vi", "robosoft5", 71, 186, 78))
+    assert sr > 0 and samples.size > sr // 2 and float(abs(samples).max()) > 0.01

@@ -255,6 +255,16 @@ def test_nan_guard_aborts_past_the_limit(tmp_path, cuts):
     assert trainer.step == 0
 
 
+def test_an_epoch_without_batches_is_an_error_not_an_endless_loop(tmp_path, cuts):
+    """A sampler that drops every cut (e.g. drop_last with buckets smaller than a batch) would make a step
+    budget (max_steps with a huge num_epochs) loop forever on empty epochs."""
+    empty = DataLoader(FeatsDataset(False), sampler=[], batch_size=None)
+    trainer = Trainer(make_cfg(num_epochs=10**6, max_steps=5), TinyModel(), empty, tmp_path / "exp",
+                      make_compute_loss())
+    with pytest.raises(RuntimeError, match="epoch 1 gave no training batch"):
+        trainer.fit()
+
+
 def test_non_finite_gradient_skips_the_update(tmp_path, cuts):
     trainer = new_trainer(make_cfg(num_epochs=1, max_bad_batches=100), tmp_path / "exp", cuts, nan_grad=True)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}

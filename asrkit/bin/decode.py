@@ -8,9 +8,22 @@ modified-beam-search, beam-search, ctc-rescoring, attention-beam-search, joint-c
 attention-rescoring.
 Writes ``recogs-*``, ``errs-*`` and ``wer-summary-*`` under ``exp_dir/<method>/`` and prints one
 summary line per (manifest, method).
+
+Multi-talker test sets (serialized output training): when a manifest's references contain ``<sc>``
+(mixtures: ``asrkit.data.datamodule.cut_text`` serializes their speakers), or with ``--sot``, the
+same three files are also written under ``exp_dir/<method>/sot/`` with the SOT figures
+(``asrkit.scoring.write_sot_results``: cpWER, concatenated WER, speaker-count accuracy; CER with
+``--unit char``), which are printed too. A subfolder, not a suffix, so that globs over
+``<method>/wer-summary-*`` (``asrkit scaling``, results tables) keep finding one plain summary each.
+The plain files score the SOT string as it is: ``<sc>`` counts as a word (with ``--unit char``, as
+its four characters).
+
+    asrkit decode --exp-dir exp/aed_sot --method attention-beam-search --beam 4 --unit word \\
+        --cuts data/fbank/synth-en-2spk_cuts_test.jsonl.gz
 """
 
 import logging
+import re
 from pathlib import Path
 from typing import Dict, List
 
@@ -20,7 +33,8 @@ from asrkit.data.datamodule import DataConfig, eval_dataloader
 from asrkit.data.features import load_cuts
 from asrkit.decoding.search import METHODS, SearchOptions, check_methods, decode_texts
 from asrkit.models import load_model
-from asrkit.scoring import summary_line, write_results
+from asrkit.scoring import sot_summary_lines, summary_line, write_results, write_sot_results
+from asrkit.text.sot import SC
 from asrkit.text.tokenizer import load_tokenizer
 from asrkit.training.checkpoint import averaged_state_dict
 
@@ -38,6 +52,9 @@ def add_args(p):
     p.add_argument("--max-new-tokens", type=int, default=200, help="llm-*")
     add_checkpoint_args(p)
     p.add_argument("--unit", choices=["word", "char"], default="word")
+    p.add_argument("--sot", action="store_true",
+                   help=f"SOT scoring (cpWER, concatenated WER, speaker count) for every manifest, not only for "
+                        f"those whose references contain {SC}")
     p.add_argument("--max-duration", type=float, default=300.0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
@@ -70,6 +87,21 @@ def recognise(model, tokenizer, dl, methods: List[str], opts: SearchOptions, dev
     return out
 
 
+def spaced_sc(text: str) -> str:
+    """``text`` with every ``<sc>`` a word of its own: a character model may emit it glued (``ab<sc>cd``)."""
+    return " ".join(re.sub(rf"\s*{re.escape(SC)}\s*", f" {SC} ", text).split())
+
+
+def write_scores(out_dir: Path, name: str, results: List, unit: str, sot: bool = False) -> List[str]:
+    """Write the plain scores of ``(cut_id, ref, hyp)`` results (and the SOT ones when ``sot`` or a
+    reference has ``<sc>``) under ``out_dir``; return the summary lines to print."""
+    results = [(cut_id, ref, spaced_sc(hyp)) for cut_id, ref, hyp in results]
+    lines = [summary_line(write_results(out_dir, name, results, unit=unit), unit)]
+    if sot or any(SC in ref for _, ref, _ in results):
+        lines += sot_summary_lines(write_sot_results(out_dir / "sot", name, results, unit=unit), unit)
+    return lines
+
+
 def run(args):
     exp_dir = Path(args.exp_dir)
     tokenizer = load_tokenizer(exp_dir / "lang") if (exp_dir / "lang").is_dir() else None  # none: speech-LLM
@@ -86,6 +118,6 @@ def run(args):
         dl = eval_dataloader(data_cfg, load_cuts(path), max_duration=args.max_duration)
         for method, results in recognise(model, tokenizer, dl, args.method, opts, args.device).items():
             beam = "" if method in ("ctc-greedy", "greedy-search", "llm-greedy") else f"-beam{args.beam}"
-            stats = write_results(exp_dir / method, f"{test_set}-{tag}{beam}", results, unit=args.unit)
-            lines.append(f"{test_set:<32} {method:<22} {summary_line(stats, args.unit)}")
+            scores = write_scores(exp_dir / method, f"{test_set}-{tag}{beam}", results, args.unit, args.sot)
+            lines += [f"{test_set:<32} {method:<22} {score}" for score in scores]
     print("\n".join(lines))

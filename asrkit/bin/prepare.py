@@ -11,12 +11,32 @@ aishell: ``--corpus-dir`` is the folder holding ``data_aishell/`` (or ``data_ais
 AISHELL-1 ships its audio as ``data_aishell/wav/<SPK>.tar.gz``, one per speaker: extract them
 first, or pass ``--extract`` to unpack them in place (``--num-jobs`` at a time). Transcripts are
 normalised for Mandarin and their word-separating spaces removed (character targets).
+
+    asrkit prepare librispeech --corpus-dir /data/LibriSpeech --out-dir data/manifests --parts train-clean-100 dev-clean
+    asrkit prepare librimix --corpus-dir /data --out-dir data/manifests [--n-src 2]
+    asrkit prepare ami --corpus-dir /data/ami --out-dir data/manifests --mic ihm-mix sdm [--max-pause 0]
+
+librispeech: ``--corpus-dir`` is ``LibriSpeech/`` or its parent; ``--parts`` (default: every part
+there). librimix: ``--corpus-dir`` holds ``LibriSpeech/``, ``wham_noise/`` and ``LibriMix/metadata/``
+(a clone of github.com/JorisCos/LibriMix), or name them with ``--librispeech-dir``, ``--wham-dir``,
+``--metadata-dir``; it writes ``librispeech_cuts_<part>`` and ``libri<n>mix_cuts_<part>_{clean,noisy}``
+(lhotse MixedCuts, no audio written). ami: ``--corpus-dir`` holds ``amicorpus/`` and
+``ami_public_manual_1.6.2/``; ``ami-<mic>_cuts_<split>`` are utterance groups.
+
+    asrkit prepare vivos --corpus-dir /data/vivos --out-dir data/manifests
+    asrkit prepare gigaspeech2 --corpus-dir /data/gigaspeech2 --out-dir data/manifests
+    asrkit prepare commonvoice --corpus-dir /data/cv-corpus-17.0 --out-dir data/manifests
+
+vivos: ``--corpus-dir`` holds ``train/`` and ``test/`` (prompts.txt, genders.txt, waves/<SPK>/*.wav).
+gigaspeech2: the folder holding ``data/vi/`` ({train_raw,train_refined,dev,test}.tsv, extracted audio).
+commonvoice: the ``cv-corpus-<version>`` folder holding ``vi/`` (clips/, train/dev/test.tsv).
+Vietnamese transcripts are normalised: NFC, lower case, punctuation removed, diacritics kept.
 """
 
 import argparse
 import logging
 
-from asrkit.data.corpora import CORPORA, CorpusError, prepare_corpus
+from asrkit.data.corpora import AMI_MICS, CORPORA, LIBRISPEECH_PARTS, CorpusError, prepare_corpus
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +47,23 @@ CORPUS_OPTIONS = {
     "extract": (("aishell",), dict(
         flags=["--extract"], action="store_true",
         help="aishell: unpack data_aishell/wav/<SPK>.tar.gz files not extracted yet, in place")),
+    "parts": (("librispeech",), dict(
+        flags=["--parts"], nargs="+", choices=LIBRISPEECH_PARTS,
+        help="librispeech: the parts to prepare (default: every part in --corpus-dir)")),
+    "n_src": (("librimix",), dict(
+        flags=["--n-src"], type=int, choices=[2, 3], help="librimix: speakers per mixture, Libri2Mix or Libri3Mix")),
+    "librispeech_dir": (("librimix",), dict(
+        flags=["--librispeech-dir"], help="librimix: LibriSpeech/ (default: CORPUS_DIR/LibriSpeech)")),
+    "wham_dir": (("librimix",), dict(
+        flags=["--wham-dir"], help="librimix: wham_noise/ with tr/ cv/ tt/ (default: CORPUS_DIR/wham_noise)")),
+    "metadata_dir": (("librimix",), dict(
+        flags=["--metadata-dir"], help="librimix: LibriMix's metadata/ with Libri2Mix/*.csv "
+                                       "(default: CORPUS_DIR/LibriMix/metadata)")),
+    "mics": (("ami",), dict(
+        flags=["--mic"], nargs="+", choices=sorted(AMI_MICS), help="ami: microphone settings (default ihm-mix)")),
+    "max_pause": (("ami",), dict(
+        flags=["--max-pause"], type=float,
+        help="ami: segments this many seconds apart still join one utterance group (default 0: overlap or touch)")),
 }
 
 

@@ -4,11 +4,15 @@
     asrkit train --config ... exp_dir=exp/ctc --resume      # continue a killed run
     torchrun --nproc_per_node 4 -m asrkit.bin.train --config ... exp_dir=exp/ctc   # DDP
     asrkit train --config egs/synth/ASR_LLM/conf/stage3.yaml init_from=exp/stage2   # a speech-LLM
+    asrkit train --config conf/ssl.yaml exp_dir=exp/ssl                   # ``task: ssl``: pretraining
+    asrkit train --config conf/zipformer_transducer.yaml init_from=exp/ssl     # fine-tune its encoder
 
 A config whose ``model`` section names an ``llm_dir`` trains a speech-LLM (``SpeechLLMConfig``: encoder
-+ projector + causal LM); any other an ``AsrModel`` (``AsrModelConfig``: encoder + CTC/transducer/
-attention heads). ``init_from`` (an experiment dir or checkpoint) starts from earlier weights: the
-stages of a staged recipe (EFIN) hand over this way.
++ projector + causal LM); one with ``task: ssl`` pretrains an encoder by HuBERT-style masked prediction
+of the cuts' ``ssl_targets`` (``SslConfig``; no transcripts or tokenizer); any other an ``AsrModel``
+(``AsrModelConfig``: encoder + CTC/transducer/attention heads). ``init_from`` (an experiment dir or
+checkpoint) starts from earlier weights: the stages of a staged recipe (EFIN) and SSL fine-tuning
+(the ``encoder.*`` tensors) hand over this way.
 
 Under ``torchrun`` each rank joins the process group (NCCL on GPU, gloo on CPU), takes the GPU of
 its ``LOCAL_RANK``, and reads its own shard of the data; the effective batch is ``world_size x
@@ -28,11 +32,13 @@ import torch.distributed as dist
 import yaml
 
 from asrkit.config import load_config, save_config
-from asrkit.data.datamodule import DataConfig, eval_dataloader, filter_cuts, train_dataloader
+from asrkit.data.datamodule import (AsrDataset, DataConfig, check_encoder_inputs, eval_dataloader, filter_cuts,
+                                    shar_train_dataloader, train_dataloader)
 from asrkit.data.features import load_cuts
 from asrkit.models.asr import AsrModel, AsrModelConfig
 from asrkit.models.ctc import ctc_min_frames
 from asrkit.models.speech_llm import SpeechLLMConfig
+from asrkit.models.ssl import SslConfig
 from asrkit.models.zipformer.scaling import set_batch_count
 from asrkit.text.tokenizer import load_tokenizer
 from asrkit.training.trainer import Trainer, TrainConfig
@@ -59,6 +65,29 @@ class LlmExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: SpeechLLMConfig = field(default_factory=SpeechLLMConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class SslExperimentConfig:
+    """Masked-prediction pretraining: frame targets come with the cuts (``ssl_targets``), no lang_dir."""
+
+    task: str = "ssl"
+    exp_dir: str = "exp"
+    init_from: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: SslConfig = field(default_factory=SslConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        if self.task != "ssl":
+            raise ValueError(f"task={self.task!r}: only 'ssl' is a task (leave it out for ASR and speech-LLM configs)")
+
+
+def is_ssl_config(path: str, overrides) -> bool:
+    """True when the config (or an override) says ``task: ssl``."""
+    with open(path, encoding="utf-8") as f:
+        raw = yaml.safe_load(f) or {}
+    return raw.get("task") == "ssl" or "task=ssl" in overrides
 
 
 def is_llm_config(path: str, overrides) -> bool:
@@ -90,11 +119,16 @@ def init_distributed(device: str) -> tuple:
 
 
 def run(args):
-    llm = is_llm_config(args.config, args.overrides)
-    cfg = load_config(LlmExperimentConfig if llm else ExperimentConfig, args.config, args.overrides)
+    if is_ssl_config(args.config, args.overrides):
+        cfg_cls, train = SslExperimentConfig, _train_ssl
+    elif is_llm_config(args.config, args.overrides):
+        cfg_cls, train = LlmExperimentConfig, _train_llm
+    else:
+        cfg_cls, train = ExperimentConfig, _train
+    cfg = load_config(cfg_cls, args.config, args.overrides)
     rank, world_size, cfg.train.device = init_distributed(cfg.train.device)
     try:
-        (_train_llm if llm else _train)(cfg, args.resume, rank, world_size)
+        train(cfg, args.resume, rank, world_size)
     finally:
         if world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
@@ -158,6 +192,34 @@ def _train_llm(cfg: LlmExperimentConfig, resume: bool, rank: int, world_size: in
     _fit(cfg, model, compute_loss, None, resume, rank, world_size)
 
 
+def _train_ssl(cfg: SslExperimentConfig, resume: bool, rank: int, world_size: int) -> None:
+    from asrkit.data.ssl_dataset import SslDataset
+    from asrkit.models.ssl import MaskedPredictionModel
+
+    if cfg.data.spec_augment or cfg.data.speed_perturb:
+        raise ValueError("task: ssl needs data.spec_augment=false and no data.speed_perturb: time warping and "
+                         "speed change move the features away from their frame targets (masking is the augmentation)")
+    exp_dir = Path(cfg.exp_dir)
+    if rank == 0:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, exp_dir / "config.yaml")
+    torch.manual_seed(cfg.train.seed)
+    model = MaskedPredictionModel(cfg.model)
+    log.info("masked prediction: %s parameters, %s in the encoder", f"{sum(p.numel() for p in model.parameters()):,}",
+             f"{sum(p.numel() for p in model.encoder.parameters()):,}")
+
+    def compute_loss(model, batch, is_training):
+        device = batch["feats"].device
+        loss, parts, frames = model(batch["feats"].to(device), batch["feat_lens"].to(device),
+                                    batch["ssl_targets"].to(device))
+        frames = float(frames)
+        stats = {"loss": float(loss.detach())}
+        stats.update({k: float(v) for k, v in parts.items()})
+        return loss / max(frames, 1.0), stats, frames
+
+    _fit(cfg, model, compute_loss, None, resume, rank, world_size, dataset_cls=SslDataset, require_text=False)
+
+
 def init_weights(model: torch.nn.Module, source: str) -> None:
     """Load the weights of ``source`` (an experiment dir's model.pt, else its newest checkpoint; or a
     file) that ``model`` has; new ones (e.g. LoRA adapters of a later stage) keep their initialisation."""
@@ -183,24 +245,31 @@ def init_weights(model: torch.nn.Module, source: str) -> None:
              len(unexpected), list(unexpected)[:3])
 
 
-def _fit(cfg, model, compute_loss, frames_needed, resume: bool, rank: int, world_size: int) -> None:
+def _fit(cfg, model, compute_loss, frames_needed, resume: bool, rank: int, world_size: int,
+         dataset_cls: type = AsrDataset, require_text: bool = True) -> None:
     """Data loaders, ``init_from``, and the Trainer: what every experiment kind shares."""
     enc = model.encoder
-    if getattr(enc, "feature_type", None) and (cfg.data.feature_type, cfg.data.num_mel_bins) != (
-            enc.feature_type, enc.num_mel_bins):
-        raise ValueError(f"model.encoder={cfg.model.encoder} takes {enc.num_mel_bins}-dim {enc.feature_type} features: "
-                         f"set data.feature_type={enc.feature_type} data.num_mel_bins={enc.num_mel_bins}")
+    check_encoder_inputs(cfg.data, enc, cfg.model.encoder)
     if cfg.init_from and not resume:
         init_weights(model, cfg.init_from)
     sub = enc.subsampling_factor
-    train_cuts = filter_cuts(load_cuts(cfg.data.train_cuts), cfg.data.min_utt_duration,
-                             cfg.data.max_utt_duration, frames_needed, sub)
-    train_dl = train_dataloader(cfg.data, train_cuts, rank=rank, world_size=world_size)
+    if cfg.data.train_shar:  # lhotse Shar: shards split over ranks and workers, read sequentially
+        if cfg.data.train_cuts:
+            raise ValueError("give data.train_cuts or data.train_shar, not both")
+        train_dl = shar_train_dataloader(cfg.data, frames_needed, sub, require_text=require_text, rank=rank,
+                                         world_size=world_size, dataset_cls=dataset_cls)
+    else:
+        train_cuts = filter_cuts(load_cuts(cfg.data.train_cuts), cfg.data.min_utt_duration,
+                                 cfg.data.max_utt_duration, frames_needed, sub, require_text=require_text,
+                                 feature_type=cfg.data.feature_type)
+        train_dl = train_dataloader(cfg.data, train_cuts, rank=rank, world_size=world_size,
+                                    dataset_cls=dataset_cls)
     valid_dl = None
     if cfg.data.valid_cuts:
         valid_cuts = filter_cuts(load_cuts(cfg.data.valid_cuts), cfg.data.min_utt_duration,
-                                 cfg.data.max_utt_duration, frames_needed, sub)
-        valid_dl = eval_dataloader(cfg.data, valid_cuts)
+                                 cfg.data.max_utt_duration, frames_needed, sub, require_text=require_text,
+                                 feature_type=cfg.data.feature_type)
+        valid_dl = eval_dataloader(cfg.data, valid_cuts, dataset_cls=dataset_cls)
 
     def on_step(model, step):
         # Zipformer schedules (dropout, layer skipping, bypass floors) count batches of ref_duration

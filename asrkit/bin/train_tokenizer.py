@@ -16,7 +16,8 @@ def add_args(p):
     p.add_argument("--lang-dir", required=True)
     p.add_argument("--type", choices=["bpe", "char"], default="bpe")
     p.add_argument("--vocab-size", type=int, default=500)
-    p.add_argument("--user-defined-symbols", nargs="*", default=[], help="e.g. <sc>")
+    p.add_argument("--user-defined-symbols", "--special-tokens", nargs="*", default=[],
+                   help="symbols kept as one token, e.g. <sc> for SOT (added by itself when the text has it)")
 
 
 def run(args):

@@ -5,6 +5,8 @@
 
 Two front ends: ``fbank`` (Kaldi-compatible log-mel, 80 bins, what Zipformer recipes use) and
 ``whisper-fbank`` (Whisper's normalised log10-mel, 80 or 128 bins, 100 frames/s), both in torch.
+A third input type, ``waveform`` (raw 16 kHz samples for self-supervised encoders such as WavLM),
+has nothing to precompute: the data layer reads the audio on the fly.
 
 Every recipe goes through here, so a missing or corrupt audio file is reported once, by name,
 before a long training run meets it.
@@ -30,6 +32,8 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 NUM_MEL_BINS = 80
 FEATURE_TYPES = ("fbank", "whisper-fbank")
+WAVEFORM = "waveform"  # raw samples as (T, 1) "features": the input of waveform encoders (WavLM)
+INPUT_TYPES = FEATURE_TYPES + (WAVEFORM,)
 WHISPER_MEL_BINS = (80, 128)  # large-v3 and turbo use 128, every other Whisper 80
 # lhotse's names of stored features that are numerically one of FEATURE_TYPES
 FEATURE_ALIASES = {"kaldi-fbank": "fbank", "kaldifeat-fbank": "fbank", "whisper-v3-fbank": "whisper-fbank"}
@@ -76,8 +80,24 @@ class WhisperFbank(_LhotseWhisperFbank):
         self.window = torch.hann_window(self.n_fft).to(self.config.device)
 
 
-def feature_extractor(feature_type: str = "fbank", num_mel_bins: int = NUM_MEL_BINS) -> FeatureExtractor:
-    """The extractor for a ``feature_type`` of :data:`FEATURE_TYPES`, computing on CPU."""
+class Waveform:
+    """The "front end" of waveform encoders: 16 kHz samples as a (T, 1) matrix, so code that runs any
+    extractor's ``extract(samples, sampling_rate)`` (``asrkit transcribe``) feeds WavLM the same way."""
+
+    def extract(self, samples: np.ndarray, sampling_rate: int) -> np.ndarray:
+        if sampling_rate != SAMPLE_RATE:
+            raise ValueError(f"waveform inputs must be {SAMPLE_RATE} Hz, got {sampling_rate}; resample first")
+        samples = np.asarray(samples, dtype=np.float32)
+        if samples.ndim == 2 and samples.shape[0] == 1:
+            samples = samples[0]
+        if samples.ndim != 1:
+            raise ValueError(f"waveform inputs must be mono (T,) or (1, T) samples, got shape {samples.shape}")
+        return samples[:, None]  # (T, 1)
+
+
+def feature_extractor(feature_type: str = "fbank", num_mel_bins: int = NUM_MEL_BINS):
+    """The extractor for a ``feature_type`` of :data:`INPUT_TYPES`, computing on CPU
+    (``num_mel_bins`` does not apply to ``waveform``)."""
     if feature_type == "fbank":
         if num_mel_bins <= 0:
             raise ValueError(f"num_mel_bins must be > 0, got {num_mel_bins}")
@@ -87,7 +107,9 @@ def feature_extractor(feature_type: str = "fbank", num_mel_bins: int = NUM_MEL_B
             raise ValueError(f"whisper-fbank needs num_mel_bins 80 or 128 (the Whisper checkpoints' inputs), "
                              f"got {num_mel_bins}")
         return WhisperFbank(WhisperFbankConfig(num_filters=num_mel_bins, device="cpu"))
-    raise ValueError(f"unknown feature type {feature_type!r}; choose from {', '.join(FEATURE_TYPES)}")
+    if feature_type == WAVEFORM:
+        return Waveform()
+    raise ValueError(f"unknown feature type {feature_type!r}; choose from {', '.join(INPUT_TYPES)}")
 
 
 def feature_writer(feature_type: str):
@@ -149,6 +171,9 @@ def compute_fbank(
     ``speed_perturb`` (e.g. ``(0.9, 1.1)``) adds perturbed copies before extraction, as icefall does.
     Raises ``ValueError`` listing bad audio before anything is written.
     """
+    if feature_type == WAVEFORM:
+        raise ValueError("waveform inputs have no features to compute: give waveform encoders the cut manifest "
+                         "itself (data.feature_type=waveform), the audio is read while training")
     extractor = feature_extractor(feature_type, num_mel_bins)  # bad options fail before any audio is read
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

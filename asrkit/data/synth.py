@@ -95,9 +95,9 @@ class Speaker:
     rate: int
     amplitude: int
 
-    def espeak_args(self) -> list[str]:
-        return ["-v", f"{self.voice}+{self.variant}", "-p", str(self.pitch),
-                "-s", str(self.rate), "-a", str(self.amplitude)]
+    def espeak_args(self, with_variant: bool = True) -> list[str]:
+        voice = f"{self.voice}+{self.variant}" if with_variant else self.voice
+        return ["-v", voice, "-p", str(self.pitch), "-s", str(self.rate), "-a", str(self.amplitude)]
 
 
 @dataclass
@@ -266,6 +266,13 @@ def run_espeak(text: str, speaker: Speaker) -> tuple[np.ndarray, int]:
     """Speak ``text``; returns (float32 samples (T,), sampling rate), 22.05 kHz for espeak-ng."""
     cmd = [check_espeak(), "-b", "1", *speaker.espeak_args(), "--stdout", text]
     proc = subprocess.run(cmd, capture_output=True)
+    if proc.returncode < 0:
+        # espeak-ng crashes (a signal) on some text with some voice variants (vi+robosoft5, ...): say it
+        # with the plain voice, same pitch and rate, so the corpus stays complete and deterministic
+        logger.warning("espeak-ng crashed (signal %d) with voice %s+%s on %r; using voice %s for it",
+                    -proc.returncode, speaker.voice, speaker.variant, text, speaker.voice)
+        cmd = [check_espeak(), "-b", "1", *speaker.espeak_args(with_variant=False), "--stdout", text]
+        proc = subprocess.run(cmd, capture_output=True)
     if proc.returncode != 0 or not proc.stdout:
         raise RuntimeError(f"espeak-ng failed (exit {proc.returncode}) for speaker {speaker.id}: "
                            f"{' '.join(cmd)}: {proc.stderr.decode(errors='replace').strip()}; "

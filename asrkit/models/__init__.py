@@ -35,8 +35,13 @@ def load_model(exp_dir: Union[str, Path], checkpoint: Optional[Union[str, Path]]
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{cfg_path} not found: is {exp_dir} an asrkit experiment dir?")
     with open(cfg_path, encoding="utf-8") as f:
-        raw = yaml.safe_load(f)["model"]
-    if "llm_dir" in raw:  # a speech-LLM experiment: the frozen LLM weights come from llm_dir, not the checkpoint
+        full = yaml.safe_load(f)
+    raw = full["model"]
+    if full.get("task") == "ssl":  # masked-prediction pretraining (asrkit.models.ssl)
+        from asrkit.models.ssl import MaskedPredictionModel, SslConfig
+
+        model = MaskedPredictionModel(config_from_dict(SslConfig, raw))
+    elif "llm_dir" in raw:  # a speech-LLM experiment: the frozen LLM weights come from llm_dir, not the checkpoint
         from asrkit.models.speech_llm import SpeechLLM, SpeechLLMConfig
 
         model = SpeechLLM(config_from_dict(SpeechLLMConfig, raw), init_encoder=False)

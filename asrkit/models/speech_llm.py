@@ -151,8 +151,8 @@ class SpeechLLM(nn.Module):
             self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         hidden = self.llm.get_input_embeddings().weight.shape[1]
         self.projector = Projector(cfg.downsample * self.encoder.output_dim, cfg.projector_dim, hidden)
-        for p in self.encoder.parameters():
-            p.requires_grad_(not cfg.freeze_encoder)
+        if cfg.freeze_encoder:  # else the encoder's own choice stands (Whisper: fixed positions, partial unfreezing)
+            self.encoder.requires_grad_(False)
         for p in self.projector.parameters():
             p.requires_grad_(not cfg.freeze_projector)
         if cfg.freeze_encoder:
@@ -161,11 +161,17 @@ class SpeechLLM(nn.Module):
         if self.eos_id is None:
             raise ValueError(f"the tokenizer in {cfg.llm_dir} has no eos_token; the transcript needs an end")
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
-        # decoded text keeps our own special tokens (<sc>) but drops the LLM's (<|im_end|>, pads)
+        # decoded text keeps our own special tokens (<sc>) but drops the LLM's (<|im_end|>, pads); the
+        # assistant turn ends at eos or at any other of the LLM's control tokens (a new <|im_start|> turn),
+        # as chat models' generation configs list several end ids
         keep = {self.tokenizer.convert_tokens_to_ids(t) for t in cfg.extra_special_tokens}
-        self._drop_ids = set(self.tokenizer.all_special_ids) - keep
+        control = {i for i, t in self.tokenizer.added_tokens_decoder.items() if t.special}  # <|im_start|> too
+        self._drop_ids = (set(self.tokenizer.all_special_ids) | control) - keep
+        self._stop_ids = [self.eos_id] + sorted(self._drop_ids - {self.eos_id})
         self._prompt_cache: Dict[str, Tuple[List[int], List[int]]] = {}
         self.register_load_state_dict_post_hook(SpeechLLM._allow_frozen_missing)
+        # the public register_load_state_dict_pre_hook needs torch >= 2.5; this one is in 2.4 too
+        self._register_load_state_dict_pre_hook(SpeechLLM._match_token_rows, with_module=True)
         self._accepts_logits_to_keep = "logits_to_keep" in inspect.signature(
             self.llm.get_base_model().forward if hasattr(self.llm, "get_base_model") else self.llm.forward).parameters
 
@@ -279,7 +285,7 @@ class SpeechLLM(nn.Module):
             speech, speech_lens = self.encode_speech(feats, feat_lens)
             inputs = self.build_inputs(speech, speech_lens, None, prompts)
             kwargs = dict(do_sample=False, num_beams=num_beams, max_new_tokens=max_new_tokens,
-                          eos_token_id=self.eos_id, pad_token_id=self.pad_id, num_return_sequences=1)
+                          eos_token_id=self._stop_ids, pad_token_id=self.pad_id, num_return_sequences=1)
             kwargs.update(generate_kwargs)
             out = self.llm.generate(inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"],
                                     **kwargs)
@@ -288,10 +294,9 @@ class SpeechLLM(nn.Module):
         return [self.decode(row.tolist()) for row in out]
 
     def decode(self, ids: List[int]) -> str:
-        """Text of generated ids up to the first eos; the LLM's special tokens dropped, ours (<sc>) kept."""
-        if self.eos_id in ids:
-            ids = ids[: ids.index(self.eos_id)]
-        ids = [i for i in ids if i not in self._drop_ids]
+        """Text of generated ids up to the first eos or other LLM control token; ours (<sc>) kept."""
+        end = next((k for k, i in enumerate(ids) if i in self._drop_ids), len(ids))
+        ids = ids[:end]
         return self.tokenizer.decode(ids, skip_special_tokens=False).strip()
 
     # ------------------------------------------------------------------------------ weights
@@ -323,6 +328,22 @@ class SpeechLLM(nn.Module):
         except RuntimeError as e:
             raise RuntimeError(f"SpeechLLM checkpoint does not fit this model (same lora, llm_dir and "
                                f"extra_special_tokens as when it was saved?): {e}") from e
+
+    @staticmethod
+    def _match_token_rows(module: "SpeechLLM", state_dict, prefix: str, *args) -> None:
+        """Load pre-hook: peft keeps the trained rows of new tokens (``<sc>``) at
+        ``embed_tokens.trainable_tokens_delta`` without LoRA and at ``embed_tokens.token_adapter.
+        trainable_tokens_delta`` with it; rename them so that a stage which adds LoRA (``init_from`` a
+        stage without) starts from the trained rows instead of dropping them as unexpected keys."""
+        own = set(nn.Module.state_dict(module, keep_vars=True))
+        plain, wrapped = ".trainable_tokens_delta.", ".token_adapter.trainable_tokens_delta."
+        for key in [k for k in state_dict if k.startswith(prefix) and plain in k]:
+            name = key[len(prefix):]
+            if name in own:
+                continue
+            other = name.replace(wrapped, plain) if wrapped in name else name.replace(plain, wrapped)
+            if other in own:
+                state_dict[prefix + other] = state_dict.pop(key)
 
     @staticmethod
     def _allow_frozen_missing(module: "SpeechLLM", incompatible) -> None:

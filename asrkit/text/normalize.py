@@ -6,7 +6,9 @@ scoring applies it to both sides. The conventions follow the public recipes:
 - ``en``: LibriSpeech style: upper case, apostrophes kept (``DON'T``), other punctuation and
   symbols dropped, whitespace collapsed. Hyphens split words (``WELL-KNOWN`` -> ``WELL KNOWN``).
 - ``vi``: Unicode NFC (one code point per accented letter, so diacritics survive tokenisation),
-  lower case, punctuation dropped, diacritics kept.
+  lower case, punctuation dropped, diacritics kept. Invisible format characters that web text
+  carries (byte-order mark, soft hyphen, zero-width joiners; a zero-width space counts as a space)
+  are removed, and the Icelandic eth ``Ð``/``ð``, a common look-alike typed for ``Đ``, becomes ``đ``.
 - ``zh``: AISHELL/WenetSpeech style: full-width ASCII mapped to half-width, punctuation and spaces
   removed, Latin letters kept in upper case. A single space is kept between two Latin/digit words
   (``HELLO WORLD``) so that code-switched English stays readable.
@@ -64,9 +66,18 @@ def normalize_en(text: str) -> str:
     return " ".join(words)
 
 
+# U+00D0/U+00F0 (eth) look exactly like U+0110/U+0111 (Vietnamese d with stroke) in most fonts.
+_VI_LOOKALIKES = str.maketrans({"\u00d0": "\u0111", "\u00f0": "\u0111", "\u200b": " "})
+
+
+def _drop_format_chars(text: str) -> str:
+    """Remove Unicode format characters (category Cf: BOM, soft hyphen, ZWJ/ZWNJ, direction marks)."""
+    return "".join(c for c in text if unicodedata.category(c) != "Cf")
+
+
 def normalize_vi(text: str) -> str:
-    text = unicodedata.normalize("NFC", text)
-    text = _strip_punct(text).lower()
+    text = unicodedata.normalize("NFC", text).translate(_VI_LOOKALIKES)
+    text = _strip_punct(_drop_format_chars(text)).lower()
     # Re-compose in case lower() produced a decomposed sequence.
     return unicodedata.normalize("NFC", _collapse(text))
 

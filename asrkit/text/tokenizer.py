@@ -27,6 +27,8 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
+from asrkit.text.sot import SC
+
 logger = logging.getLogger(__name__)
 
 BLANK = "<blk>"
@@ -118,6 +120,20 @@ def _check_user_symbols(symbols: Sequence[str]) -> list[str]:
     return out
 
 
+def _with_sot_symbol(lines: Sequence[str], extra: list[str], where: str) -> list[str]:
+    """Add ``<sc>`` to the user-defined symbols when the training text has SOT transcripts.
+
+    Undeclared, sentencepiece would learn pieces like ``<s`` and ``c>`` (merged with neighbouring
+    letters) and the char table would split it into four characters: a speaker change must be one
+    token for the model to emit it.
+    """
+    if SC in extra or not any(SC in line for line in lines):
+        return extra
+    logger.info("%s: the training text has speaker changes %s (SOT); adding it as a user-defined symbol",
+                where, SC)
+    return [*extra, SC]
+
+
 class BpeTokenizer(Tokenizer):
     """sentencepiece model (unigram by default, as icefall; or bpe) with the icefall id layout."""
 
@@ -153,14 +169,14 @@ class BpeTokenizer(Tokenizer):
 
         Writes ``bpe.model``, ``tokens.txt``, ``tokenizer.yaml`` and the training text
         ``bpe_train.txt``. Symbols in ``user_defined_symbols`` (e.g. ``<sc>``) always come out
-        as one token.
+        as one token; ``<sc>`` is added by itself when the texts contain it (SOT transcripts).
         """
         import sentencepiece as spm
 
         if model_type not in ("unigram", "bpe"):
             raise ValueError(f"BpeTokenizer.train: model_type must be 'unigram' or 'bpe', got {model_type!r}")
         lines = _read_texts(texts, "BpeTokenizer.train")
-        extra = _check_user_symbols(user_defined_symbols)
+        extra = _with_sot_symbol(lines, _check_user_symbols(user_defined_symbols), "BpeTokenizer.train")
         lang_dir = Path(lang_dir)
         lang_dir.mkdir(parents=True, exist_ok=True)
         train_txt = lang_dir / "bpe_train.txt"
@@ -258,10 +274,11 @@ class CharTokenizer(Tokenizer):
         """Collect the characters of ``texts`` and save the tokenizer into ``lang_dir``.
 
         ``use_space``: emit ``▁`` for spaces; by default, when any text contains a space
-        (en, vi), not for text without spaces (zh).
+        (en, vi), not for text without spaces (zh). ``<sc>`` in the texts becomes a user-defined
+        symbol (one token, never ``<``, ``s``, ``c``, ``>``) even if not listed.
         """
         lines = _read_texts(texts, "CharTokenizer.build")
-        extra = _check_user_symbols(user_defined_symbols)
+        extra = _with_sot_symbol(lines, _check_user_symbols(user_defined_symbols), "CharTokenizer.build")
         if use_space is None:
             use_space = any(" " in t for t in lines)
         chars: set[str] = set()

@@ -11,6 +11,10 @@ from any config object (normally :class:`asrkit.training.trainer.TrainConfig`):
   "constant" decay; "cosine" and "linear" decay to ``min_lr_ratio * lr`` at ``decay_steps``
   (default ``max_steps``). "eden" (:class:`~asrkit.training.scaled_adam.Eden`): decays with both
   steps (``lr_batches``) and epochs (``lr_epochs``) after a warm-up from 0.5 x lr over ``warmup_steps``.
+  "tri_stage" (:class:`TriStageLR`, fairseq's wav2vec 2.0 / HuBERT fine-tuning schedule): the phases
+  ``phase_ratio`` (default 0.1, 0.4, 0.5) of ``max_steps``: linear warm-up from ``init_lr_scale * lr``,
+  hold at ``lr``, exponential decay to ``final_lr_scale * lr`` (held there after ``max_steps``);
+  ``warmup_steps`` and ``decay_steps`` are not used by it.
 
 The scheduler is stepped once per optimizer step. A scheduler that also has ``step_epoch(epoch)``
 (e.g. Eden, added with ScaledAdam) gets it called by the trainer at the start of each epoch.
@@ -19,7 +23,7 @@ New optimizers and schedules register themselves in ``OPTIMIZERS`` / ``SCHEDULER
 
 import logging
 import math
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -29,7 +33,7 @@ from asrkit.training.scaled_adam import Eden, ScaledAdam
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OPTIMIZERS", "SCHEDULERS", "Eden", "ScaledAdam", "WarmupDecayLR", "build_optimizer", "build_scheduler"]
+__all__ = ["OPTIMIZERS", "SCHEDULERS", "Eden", "ScaledAdam", "TriStageLR", "WarmupDecayLR", "build_optimizer", "build_scheduler"]
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> List[Dict[str, Any]]:
@@ -125,6 +129,58 @@ def _warmup_decay(cfg: Any, optimizer: torch.optim.Optimizer) -> LRScheduler:
                          min_lr_ratio=float(getattr(cfg, "min_lr_ratio", 0.0)))
 
 
+class TriStageLR(LRScheduler):
+    """fairseq's ``tri_stage`` schedule: warm-up, hold, exponential decay, in proportions of ``total_steps``.
+
+    Why: wav2vec 2.0 / HuBERT (and VietASR's) fine-tuning of a pretrained encoder uses it; a long hold at the
+    peak lets the new heads catch up before the decay. With ``w, h, d`` steps per phase (``phase_ratio *
+    total_steps``, rounded down), the multiplier before optimizer step ``s + 1`` (``s`` steps taken) is
+    ``init + (1 - init) * s / w`` for ``s < w``, ``1`` for ``s < w + h``, ``exp(ln(final) * (s - w - h) / d)``
+    for ``s < w + h + d`` and ``final`` after (``init``/``final`` = ``init_lr_scale``/``final_lr_scale``).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int,
+                 phase_ratio: Sequence[float] = (0.1, 0.4, 0.5), init_lr_scale: float = 0.01,
+                 final_lr_scale: float = 0.01, last_epoch: int = -1):
+        if not total_steps or int(total_steps) < 1:
+            raise ValueError("train.scheduler=tri_stage needs train.max_steps (its phases are fractions of it)")
+        ratios = [float(r) for r in phase_ratio]
+        if len(ratios) != 3 or min(ratios) < 0 or abs(sum(ratios) - 1.0) > 1e-6:
+            raise ValueError(f"train.phase_ratio must be three non-negative fractions summing to 1 (warm-up, hold, "
+                             f"decay), got {list(phase_ratio)}")
+        if not 0 < init_lr_scale <= 1 or not 0 < final_lr_scale <= 1:
+            raise ValueError(f"train.init_lr_scale and train.final_lr_scale must lie in (0, 1], got {init_lr_scale}, "
+                             f"{final_lr_scale}")
+        self.total_steps = int(total_steps)
+        self.warmup_steps, self.hold_steps, self.decay_steps = (int(r * self.total_steps) for r in ratios)
+        self.init_lr_scale, self.final_lr_scale = float(init_lr_scale), float(final_lr_scale)
+        super().__init__(optimizer, last_epoch)
+
+    def factor(self, step: int) -> float:
+        """LR multiplier before optimizer step ``step + 1`` (``step`` = steps already taken)."""
+        w, h, d = self.warmup_steps, self.hold_steps, self.decay_steps
+        if step < w:
+            return self.init_lr_scale + (1.0 - self.init_lr_scale) * step / w
+        step -= w
+        if step < h:
+            return 1.0
+        step -= h
+        if step < d:
+            return math.exp(math.log(self.final_lr_scale) * step / d)
+        return self.final_lr_scale
+
+    def get_lr(self) -> List[float]:
+        f = self.factor(self.last_epoch)
+        return [base * f for base in self.base_lrs]
+
+
+def _tri_stage(cfg: Any, optimizer: torch.optim.Optimizer) -> TriStageLR:
+    return TriStageLR(optimizer, total_steps=getattr(cfg, "max_steps", None),
+                      phase_ratio=tuple(getattr(cfg, "phase_ratio", (0.1, 0.4, 0.5))),
+                      init_lr_scale=float(getattr(cfg, "init_lr_scale", 0.01)),
+                      final_lr_scale=float(getattr(cfg, "final_lr_scale", 0.01)))
+
+
 def _eden(cfg: Any, optimizer: torch.optim.Optimizer) -> Eden:
     return Eden(optimizer, lr_batches=float(getattr(cfg, "lr_batches", 7500.0)),
                 lr_epochs=float(getattr(cfg, "lr_epochs", 3.5)),
@@ -133,7 +189,7 @@ def _eden(cfg: Any, optimizer: torch.optim.Optimizer) -> Eden:
 
 # A scheduler has step(), state_dict() and load_state_dict(); step_epoch(epoch) if it uses epochs.
 SCHEDULERS: Dict[str, Callable[[Any, torch.optim.Optimizer], Any]] = {
-    **{name: _warmup_decay for name in WarmupDecayLR.DECAYS}, "eden": _eden,
+    **{name: _warmup_decay for name in WarmupDecayLR.DECAYS}, "eden": _eden, "tri_stage": _tri_stage,
 }
 
 

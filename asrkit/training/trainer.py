@@ -87,10 +87,14 @@ class TrainConfig:
     weight_decay: float = 1e-2
     betas: Tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-8
-    scheduler: str = "inverse_sqrt"  # inverse_sqrt | cosine | linear | constant, after linear warm-up; eden
+    scheduler: str = "inverse_sqrt"  # inverse_sqrt | cosine | linear | constant, after linear warm-up; eden; tri_stage
     warmup_steps: int = 500
     decay_steps: Optional[int] = None  # cosine/linear: steps to reach min_lr_ratio * lr (default max_steps)
     min_lr_ratio: float = 0.0
+    # tri_stage (fairseq's): warm-up / hold / decay as fractions of max_steps; lr from and to these x lr
+    phase_ratio: Tuple[float, float, float] = (0.1, 0.4, 0.5)
+    init_lr_scale: float = 0.01
+    final_lr_scale: float = 0.01
     lr_batches: float = 7500.0  # eden: optimizer steps after which the lr decays markedly
     lr_epochs: float = 3.5  # eden: epochs after which the lr decays markedly
     clipping_scale: Optional[float] = 2.0  # scaled_adam: clip to this x median recent grad norm; null: off
@@ -291,6 +295,9 @@ class Trainer:
         sampler = getattr(self.train_dl, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch - 1)
+        dataset = getattr(self.train_dl, "dataset", None)
+        if isinstance(dataset, torch.utils.data.IterableDataset) and hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch - 1)  # an iterable dataset holds its own sampler (lhotse Shar)
         if hasattr(self.scheduler, "step_epoch"):
             self.scheduler.step_epoch(epoch - 1)
         fast = skip > 0 and _fast_forward_sampler(sampler, skip)
@@ -339,6 +346,11 @@ class Trainer:
                     return False
         finally:
             bar.close()
+        if skip == 0 and self.batch_in_epoch == 0:
+            # Without this a step budget (max_steps with a huge num_epochs) would loop forever on empty epochs.
+            raise RuntimeError(f"epoch {epoch} gave no training batch: the sampler dropped every cut. Check "
+                               f"the training cuts (filtered by duration/length?), data.max_duration (a "
+                               f"bucket must hold at least one batch: drop_last) and data.num_buckets.")
         return True
 
     def _train_step(self, batch: Any) -> bool:

@@ -30,7 +30,7 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -487,9 +487,17 @@ class Zipformer(nn.Module):
         out, out_lens = self.encoder(x.transpose(0, 1), x_lens, mask, downsample_output=downsample_output)
         return out.transpose(0, 1), out_lens
 
-    def forward(self, feats: Tensor, feat_lens: Tensor, return_50hz: bool = False) -> Tuple[Tensor, Tensor]:
+    def forward(
+        self,
+        feats: Tensor,
+        feat_lens: Tensor,
+        return_50hz: bool = False,
+        embed_hook: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
+    ) -> Tuple[Tensor, Tensor]:
         """feats (N, T, input_dim), feat_lens (N,) -> (N, T', output_dim), (N,).
-        ``return_50hz=True`` skips the final 2x downsampling (output at 50 Hz)."""
+        ``return_50hz=True`` skips the final 2x downsampling (output at 50 Hz).
+        ``embed_hook(x, x_lens) -> x`` rewrites the 50 Hz front-end output (N, (T - 7) // 2, embed_dim)
+        before the stacks: HuBERT-style masked pretraining (asrkit.models.ssl) swaps in its mask embedding there."""
         if feats.ndim != 3 or feats.shape[-1] != self.config.input_dim:
             raise ValueError(f"Zipformer: expected feats (N, T, {self.config.input_dim}), got {tuple(feats.shape)}")
         if bool(((feat_lens < 9) | (feat_lens > feats.shape[1])).any()):  # one host sync
@@ -498,6 +506,8 @@ class Zipformer(nn.Module):
                 "utterances shorter than 9 frames (90 ms) give no output: drop them"
             )
         x, x_lens = self.embed(feats, feat_lens)
+        if embed_hook is not None:
+            x = embed_hook(x, x_lens)
         return self.encode(x, x_lens, downsample_output=not return_50hz)
 
 

