@@ -51,6 +51,7 @@ llm_overrides=""   # key=value for the speech-LLM stages (4, 5, 6), e.g. "model.
 device=""          # asrkit decode --device (default: cuda when available)
 
 . ../../../tools/parse_options.sh
+. ../../../tools/train_steps.sh
 
 python_bin=$(command -v python3 || command -v python)
 log() { echo "$(date '+%F %T') [stage $1] $2"; }
@@ -112,21 +113,17 @@ feats_dir() {  # the features of this encoder: Whisper's bins in the name, as th
 }
 
 # train_stage STAGE EXP_DIR CONFIG STEPS [key=value ...]: train (or resume) to STEPS steps, then model.pt
-train_stage() {
+train_stage() {  # STAGE EXP_DIR CONFIG STEPS [key=value ...]: tools/train_steps.sh with this corpus
   local n=$1 dir=$2 config=$3 steps=$4
   shift 4
   if [ -f "$dir/model.pt" ]; then log "$n" "skip: $dir/model.pt exists"; return; fi
   need_whisper
-  local feats resume=""
+  local feats
   feats=$(feats_dir)
-  if ls "$dir"/checkpoint-*.pt "$dir"/epoch-*.pt >/dev/null 2>&1; then resume="--resume"; fi
-  log "$n" "train $config into $dir for $steps steps ${resume:+(resuming)}"
   # shellcheck disable=SC2086  # the *overrides are lists of key=value words
-  asrkit train --config "$config" $resume exp_dir="$dir" \
+  train_steps "$n" "$dir" "$config" "$steps" \
     data.train_cuts="$feats/aishell_cuts_train.jsonl.gz" data.valid_cuts="$feats/aishell_cuts_dev.jsonl.gz" \
-    data.feature_type="$feature_type" data.num_mel_bins="$num_mel_bins" \
-    train.max_steps="$steps" train.num_epochs=1000000 "$@" $encoder_overrides $overrides
-  asrkit export --latest --exp-dir "$dir"
+    data.feature_type="$feature_type" data.num_mel_bins="$num_mel_bins" "$@" $encoder_overrides $overrides
 }
 
 if run_stage 0; then

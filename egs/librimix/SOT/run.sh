@@ -50,6 +50,7 @@ llm_overrides=""    # key=value for stages 6-8
 device=""           # asrkit decode --device (default: cuda when available)
 
 . ../../../tools/parse_options.sh
+. ../../../tools/train_steps.sh
 
 python_bin=$(command -v python3 || command -v python)
 log() { echo "$(date '+%F %T') [stage $1] $2"; }
@@ -75,19 +76,16 @@ if [ "$feature_type" = waveform ]; then
   encoder_overrides="model.encoder_conf.model_dir=$(cd "$wavlm_dir" && pwd)"
 fi
 
-# train_steps STAGE EXP_DIR CONFIG STEPS [key=value ...]: a speech-LLM stage, to STEPS steps, then model.pt
-train_steps() {
-  local n=$1 dir=$2 config=$3 steps=$4 resume=""
+# llm_stage STAGE EXP_DIR CONFIG STEPS [key=value ...]: a speech-LLM stage (tools/train_steps.sh)
+llm_stage() {
+  local n=$1 dir=$2 config=$3 steps=$4
   shift 4
   if [ -f "$dir/model.pt" ]; then log "$n" "skip: $dir/model.pt exists"; return; fi
   [ -f "$llm_dir/config.json" ] || die "stage $n needs --llm-dir DIR, a local Hugging Face causal LM (config.json)"
-  if ls "$dir"/checkpoint-*.pt >/dev/null 2>&1; then resume="--resume"; fi
-  log "$n" "train $config into $dir for $steps steps ${resume:+(resuming)}"
   # shellcheck disable=SC2086  # the *overrides are lists of key=value words
-  asrkit train --config "$config" $resume exp_dir="$dir" model.llm_dir="$(cd "$llm_dir" && pwd)" \
+  train_steps "$n" "$dir" "$config" "$steps" model.llm_dir="$(cd "$llm_dir" && pwd)" \
     data.train_cuts="$feats/${sim}_cuts_train.jsonl.gz" data.valid_cuts="$feats/${sim}_cuts_dev.jsonl.gz" \
-    train.max_steps="$steps" train.num_epochs=1000000 "$@" $encoder_overrides $overrides $llm_overrides
-  asrkit export --latest --exp-dir "$dir"
+    "$@" $encoder_overrides $overrides $llm_overrides
 }
 
 # decode_sot STAGE EXP_DIR METHODS [asrkit decode options]: decode the test sets, SOT-score them
@@ -177,13 +175,13 @@ if run_stage 5; then
 fi
 
 if run_stage 6; then
-  train_steps 6 "$la" "$conf_dir/llm_sot_a.yaml" "$stage_a_steps" model.encoder_init="$aed"
+  llm_stage 6 "$la" "$conf_dir/llm_sot_a.yaml" "$stage_a_steps" model.encoder_init="$aed"
 fi
 if run_stage 7; then
-  train_steps 7 "$lb" "$conf_dir/llm_sot_b.yaml" "$stage_b_steps" init_from="$la"
+  llm_stage 7 "$lb" "$conf_dir/llm_sot_b.yaml" "$stage_b_steps" init_from="$la"
 fi
 if run_stage 8; then
-  train_steps 8 "$lc" "$conf_dir/llm_sot_c.yaml" "$stage_c_steps" init_from="$lb"
+  llm_stage 8 "$lc" "$conf_dir/llm_sot_c.yaml" "$stage_c_steps" init_from="$lb"
 fi
 
 if run_stage 9; then

@@ -47,6 +47,7 @@ llm_overrides=""   # key=value for the speech-LLM stages (5, 6, 7), e.g. "model.
 device=""          # asrkit decode --device (default: cuda when available)
 
 . ../../../tools/parse_options.sh
+. ../../../tools/train_steps.sh
 
 corpus="$data/synth-zh"
 prefix="synth-zh"
@@ -68,18 +69,13 @@ read_llm() {
 }
 
 # train_stage STAGE EXP_DIR CONFIG STEPS [key=value ...]: train (or resume) to STEPS steps, then model.pt
-train_stage() {
+train_stage() {  # STAGE EXP_DIR CONFIG STEPS [key=value ...]: tools/train_steps.sh with this corpus
   local n=$1 dir=$2 config=$3 steps=$4
   shift 4
-  if [ -f "$dir/model.pt" ]; then log "$n" "skip: $dir/model.pt exists"; return; fi
-  local resume=""
-  if ls "$dir"/checkpoint-*.pt "$dir"/epoch-*.pt >/dev/null 2>&1; then resume="--resume"; fi
-  log "$n" "train $config into $dir for $steps steps ${resume:+(resuming)}"
   # shellcheck disable=SC2086  # the *overrides are lists of key=value words
-  asrkit train --config "$config" $resume exp_dir="$dir" \
+  train_steps "$n" "$dir" "$config" "$steps" \
     data.train_cuts="$fbank/${prefix}_cuts_train.jsonl.gz" data.valid_cuts="$fbank/${prefix}_cuts_dev.jsonl.gz" \
-    train.max_steps="$steps" train.num_epochs=1000000 "$@" $encoder_overrides $overrides
-  asrkit export --latest --exp-dir "$dir"
+    "$@" $encoder_overrides $overrides
 }
 
 if run_stage 0; then

@@ -46,6 +46,7 @@ ft_overrides=""   # key=value for fine-tuning and the supervised baseline only
 device=""         # asrkit ssl / decode --device (default: cuda when available)
 
 . ../../../tools/parse_options.sh
+. ../../../tools/train_steps.sh
 
 prefix="synth-vi"
 corpus="$data/$prefix"
@@ -66,17 +67,11 @@ for i in $(seq 1 "$iterations"); do
 done
 
 # train_to STAGE EXP_DIR CONFIG STEPS [key=value ...]: train (or resume) to STEPS steps, then model.pt
-train_to() {
+train_to() {  # STAGE EXP_DIR CONFIG STEPS [key=value ...]
   local n=$1 dir=$2 config=$3 steps=$4
   shift 4
-  if [ -f "$dir/model.pt" ]; then log "$n" "skip: $dir/model.pt exists"; return; fi
-  local resume=""
-  if ls "$dir"/checkpoint-*.pt "$dir"/epoch-*.pt >/dev/null 2>&1; then resume="--resume"; fi
-  log "$n" "train $config into $dir for $steps steps ${resume:+(resuming)}"
   # shellcheck disable=SC2086  # the *overrides are lists of key=value words
-  asrkit train --config "$config" $resume exp_dir="$dir" train.max_steps="$steps" train.num_epochs=1000000 \
-    "$@" $encoder_overrides $overrides
-  asrkit export --latest --exp-dir "$dir"
+  train_steps "$n" "$dir" "$config" "$steps" "$@" $encoder_overrides $overrides
 }
 
 # finetune STAGE EXP_DIR [INIT_FROM]: transducer + CTC on the labelled set, from INIT_FROM's encoder if given

@@ -43,6 +43,7 @@ ft_overrides=""
 device=""             # asrkit ssl / decode --device (default: cuda when available)
 
 . ../../../tools/parse_options.sh
+. ../../../tools/train_steps.sh
 
 manifests="$data/manifests"
 fbank="$data/fbank"
@@ -55,23 +56,17 @@ results_table=../../synth/SSL/local/results_table.py
 log() { echo "$(date '+%F %T') [stage $1] $2"; }
 run_stage() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
 splits=$(printf '%s\n' "$train_split" "$dev_split" $test_splits | sort -u | tr '\n' ' ')
-launch=(asrkit train)
-if [ "$num_gpus" -gt 1 ]; then launch=(torchrun --nproc_per_node "$num_gpus" -m asrkit.bin.train); fi
+train_launch=(asrkit train)
+if [ "$num_gpus" -gt 1 ]; then train_launch=(torchrun --nproc_per_node "$num_gpus" -m asrkit.bin.train); fi
 systems=("supervised only|$exp/supervised|-")
 if [ "$fbank_hubert" = true ]; then systems+=("fbank-HuBERT|$exp/hubert_fbank/finetune|$exp/hubert_fbank/kmeans.npz"); fi
 for i in $(seq 1 "$iterations"); do systems+=("ASR-biased iteration $i|$exp/iter$i/finetune|$exp/iter$i/kmeans.npz"); done
 
-train_to() {  # STAGE EXP_DIR CONFIG STEPS [key=value ...]
+train_to() {  # STAGE EXP_DIR CONFIG STEPS [key=value ...], on $num_gpus GPU(s) (train_launch)
   local n=$1 dir=$2 config=$3 steps=$4
   shift 4
-  if [ -f "$dir/model.pt" ]; then log "$n" "skip: $dir/model.pt exists"; return; fi
-  local resume=""
-  if ls "$dir"/checkpoint-*.pt "$dir"/epoch-*.pt >/dev/null 2>&1; then resume="--resume"; fi
-  log "$n" "train $config into $dir for $steps steps on $num_gpus GPU(s) ${resume:+(resuming)}"
   # shellcheck disable=SC2086
-  "${launch[@]}" --config "$config" $resume exp_dir="$dir" train.max_steps="$steps" train.num_epochs=1000000 \
-    "$@" $overrides
-  asrkit export --latest --exp-dir "$dir"
+  train_steps "$n" "$dir" "$config" "$steps" "$@" $overrides
 }
 
 finetune() {  # STAGE EXP_DIR [INIT_FROM]
