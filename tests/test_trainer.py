@@ -135,6 +135,23 @@ def test_training_lowers_loss(tmp_path, cuts):
     assert (tmp_path / "exp" / "best-valid-loss.pt").is_file()
 
 
+@pytest.mark.parametrize("amp_cpu", [False, True])
+def test_amp_cpu_trains_under_bf16_autocast(tmp_path, cuts, amp_cpu):
+    """train.amp_cpu: the forward runs under CPU bf16 autocast (fp32 weights), and it still learns."""
+    dtypes = []
+    torch.manual_seed(0)
+    model = TinyModel()
+    model.l2.register_forward_hook(lambda _m, _i, out: dtypes.append(out.dtype))
+    valid_dl = make_dl(make_cuts(8, seed=1), shuffle=False)
+    trainer = Trainer(make_cfg(num_epochs=4, lr=3e-2, amp_cpu=amp_cpu, amp_dtype="fp16"), model, make_dl(cuts),
+                      tmp_path / "exp", make_compute_loss(), valid_dl=valid_dl)
+    before = trainer.validate()
+    trainer.fit()
+    assert set(dtypes) == {torch.bfloat16 if amp_cpu else torch.float32}  # fp16 asked: CPU autocast is bf16
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert trainer.validate() < 0.3 * before
+
+
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_resume_mid_epoch_gives_identical_weights(tmp_path, cuts, num_workers):
     n = batches_per_epoch(cuts)

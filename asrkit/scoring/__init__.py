@@ -8,6 +8,7 @@ from asrkit.scoring.sot import (
     SotStats,
     concat_error_rate,
     cp_error_stats,
+    read_sot_summary,
     score_sot,
     sot_cp_error_rate,
     sot_summary_lines,
@@ -32,6 +33,7 @@ from asrkit.scoring.wer import (
 __all__ = [
     "UNITS", "ErrorStats", "Triple", "compute_error_rate", "error_stats_by_utt", "join_refs_hyps",
     "summary_line", "tokenize", "write_results",
-    "SotStats", "concat_error_rate", "cp_error_stats", "score_sot", "sot_cp_error_rate", "sot_summary_lines",
+    "SotStats", "concat_error_rate", "cp_error_stats", "read_sot_summary", "score_sot", "sot_cp_error_rate",
+    "sot_summary_lines",
     "speaker_count_accuracy", "speaker_cp_error_rate", "speaker_streams", "utterance_groups", "write_sot_results",
 ]

@@ -34,6 +34,7 @@ scored as one SOT utterance.
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,6 +223,25 @@ def sot_summary_lines(stats: SotStats, unit: str = "word") -> List[str]:
     er = {"word": "WER", "char": "CER"}[unit]
     return [_label(stats.cp, f"cp{er}"), _label(stats.concat, f"concat{er}"),
             f"%SpkCountAcc {stats.count_accuracy:.2f} [ {stats.count_correct} / {stats.utts} ]"]
+
+
+_SUMMARY_LINE = re.compile(r"^%(cp|concat)(WER|CER)\s+([0-9.]+|nan|inf)\s|^%SpkCountAcc\s+([0-9.]+|nan)\s")
+
+
+def read_sot_summary(path) -> Dict[str, Any]:
+    """``{"cp": rate, "concat": rate, "count": accuracy, "unit": "WER"|"CER"}`` from the
+    ``wer-summary-*.txt`` that :func:`write_sot_results` writes."""
+    out: Dict[str, Any] = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        m = _SUMMARY_LINE.match(line)
+        if m and m.group(1):
+            out[m.group(1)], out["unit"] = float(m.group(3)), m.group(2)
+        elif m:
+            out["count"] = float(m.group(4))
+    if not {"cp", "concat", "count"} <= set(out):
+        raise ValueError(f"{path}: not an SOT summary (%cpWER, %concatWER and %SpkCountAcc lines); "
+                         f"found {sorted(k for k in out if k != 'unit')}")
+    return out
 
 
 def write_sot_results(out_dir, name: str, pairs: Sequence[Triple], unit: str = "word", sc: str = SC) -> SotStats:

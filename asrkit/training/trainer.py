@@ -99,7 +99,8 @@ class TrainConfig:
     lr_epochs: float = 3.5  # eden: epochs after which the lr decays markedly
     clipping_scale: Optional[float] = 2.0  # scaled_adam: clip to this x median recent grad norm; null: off
     grad_clip: float = 5.0  # max gradient norm; 0 = no clipping (the norm is still logged)
-    amp: bool = True  # mixed precision, CUDA only
+    amp: bool = True  # mixed precision on CUDA
+    amp_cpu: bool = False  # bf16 autocast on CPU too: ~2x faster matmuls with AVX512-BF16 or AMX, slower without
     amp_dtype: str = "bf16"  # bf16 | fp16 (fp16 uses a GradScaler)
     log_interval: int = 20  # steps between log lines / tensorboard points
     valid_interval: int = 0  # steps between validations; 0 = at the end of each epoch
@@ -230,8 +231,10 @@ class Trainer:
         if self.is_main and cfg.average_period > 0:
             self.model_avg = _cpu_float64_copy(model.state_dict())
         self.amp_dtype = _AMP_DTYPES[cfg.amp_dtype]
-        self.use_amp = bool(cfg.amp) and self.device.type == "cuda"
-        if self.use_amp and self.amp_dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        self.use_amp = bool(cfg.amp) and self.device.type == "cuda" or bool(cfg.amp_cpu) and self.device.type == "cpu"
+        if self.use_amp and self.device.type == "cpu":
+            self.amp_dtype = torch.bfloat16  # CPU autocast: bf16 only (no GradScaler)
+        elif self.use_amp and self.amp_dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
             log.warning("this GPU has no bf16; using fp16 autocast with a GradScaler instead")
             self.amp_dtype = torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
@@ -460,7 +463,7 @@ class Trainer:
     def _autocast(self):
         if not self.use_amp:
             return nullcontext()
-        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def _end_epoch(self) -> None:
         avg = self._epoch_sums.per_frame()

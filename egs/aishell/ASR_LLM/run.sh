@@ -214,11 +214,11 @@ fi
 
 if run_stage 8; then
   log 8 "results table in $exp/results.md"
-  systems=(--system "EFIN stage 1: encoder alone" "$s1" "$stage1_method" "$s1")
+  systems=(--system "EFIN stage 1: encoder alone" "$s1" "$stage1_method")
   for m in $llm_methods; do
-    systems+=(--system "EFIN stage 2: projector only" "$s2" "$m" "$s1,$s2"
-              --system "EFIN stage 3: encoder + projector + LoRA" "$s3" "$m" "$s1,$s2,$s3"
-              --system "baseline: joint post-training" "$bl" "$m" "$bl")
+    systems+=(--system "EFIN stage 2: projector only" "$s2" "$m" compute="$s1,$s2"
+              --system "EFIN stage 3: encoder + projector + LoRA" "$s3" "$m" compute="$s1,$s2,$s3"
+              --system "baseline: joint post-training" "$bl" "$m")
   done
   llm_name="?"; enc_name=$encoder  # as the experiments recorded them
   if [ -f "$s2/config.yaml" ]; then llm_name=$(conf_get "$s2/config.yaml" model.llm_dir); fi

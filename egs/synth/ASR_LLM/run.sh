@@ -155,8 +155,8 @@ if run_stage 9; then
   log 9 "results table in $exp/results.md"
   asrkit results --out "$exp/results.md" --test-sets "${prefix}_cuts_dev" "${prefix}_cuts_test" \
     --title "EFIN on synthetic Mandarin, LLM: $llm_name ($llm_dir)" \
-    --system "EFIN stage 1: encoder alone" "$s1" "$stage1_method" "$s1" \
-    --system "EFIN stage 2: projector only" "$s2" llm-greedy "$s1,$s2" \
-    --system "EFIN stage 3: encoder + projector + LoRA" "$s3" llm-greedy "$s1,$s2,$s3" \
-    --system "baseline: joint post-training" "$bl" llm-greedy "$bl"
+    --system "EFIN stage 1: encoder alone" "$s1" "$stage1_method" \
+    --system "EFIN stage 2: projector only" "$s2" llm-greedy compute="$s1,$s2" \
+    --system "EFIN stage 3: encoder + projector + LoRA" "$s3" llm-greedy compute="$s1,$s2,$s3" \
+    --system "baseline: joint post-training" "$bl" llm-greedy
 fi

@@ -170,7 +170,7 @@ fi
 if run_stage 9; then
   read_llm
   log 9 "results table in $exp/results.md"
-  "$python_bin" local/results_table.py --out "$exp/results.md" --test-sets "${prefix}_cuts_dev" "${prefix}_cuts_test" \
+  asrkit results --columns method sot --out "$exp/results.md" --test-sets "${prefix}_cuts_dev" "${prefix}_cuts_test" \
     --title "SOT on synthetic English 2-speaker mixtures$([ "$keep_single" = true ] && echo ' + single-speaker cuts'), LLM: $llm_name ($llm_dir)" \
     --system "AED-SOT: Zipformer + attention decoder + CTC" "$aed" attention-beam-search \
     --system "LLM-SOT stage A: projector" "$sa" llm-greedy \

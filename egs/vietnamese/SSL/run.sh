@@ -52,7 +52,6 @@ unlabelled="$data/unlabelled/cuts.jsonl.gz"   # written by asrkit segment
 train_cuts="$fbank/${corpus}_cuts_$train_split.jsonl.gz"
 dev_cuts="$fbank/${corpus}_cuts_$dev_split.jsonl.gz"
 python_bin=$(command -v python3 || command -v python)
-results_table=../../synth/SSL/local/results_table.py
 log() { echo "$(date '+%F %T') [stage $1] $2"; }
 run_stage() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
 splits=$(printf '%s\n' "$train_split" "$dev_split" $test_splits | sort -u | tr '\n' ' ')
@@ -169,9 +168,9 @@ fi
 
 if run_stage 8; then
   args=()
-  for sys in "${systems[@]}"; do IFS='|' read -r name dir km <<< "$sys"; args+=(--system "$name" "$dir" "$km"); done
+  for sys in "${systems[@]}"; do IFS='|' read -r name dir km <<< "$sys"; args+=(--system "$name" "$dir" "$method" kmeans="$km"); done
   test_sets=()
   for s in $test_splits; do test_sets+=("${corpus}_cuts_$s"); done
-  "$python_bin" "$results_table" --out "$exp/results.md" --test-sets "${test_sets[@]}" --method "$method" \
+  asrkit results --columns targets steps rate --out "$exp/results.md" --test-sets "${test_sets[@]}" \
     --title "VietASR: $corpus labelled + $audio_dir unlabelled, $ft_steps fine-tuning steps each" "${args[@]}"
 fi
