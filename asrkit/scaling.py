@@ -202,9 +202,11 @@ def compute_of(exp_dir: Union[str, Path], epoch: Optional[int] = None) -> float:
 
 def collect_points(exp_dirs: Sequence[Union[str, Path]], metric: str = "wer",
                    results: str = "*/wer-summary-*.txt") -> List[Point]:
-    """One point per experiment dir: the error rate of the one summary matching ``results`` (a glob
-    relative to the dir, e.g. ``greedy-search/wer-summary-test-epoch-10-*``) and the compute of the
-    checkpoint it decoded (``epoch-E-avg-N`` in its name: epoch E; otherwise the newest)."""
+    """Points from the decoding summaries matching ``results`` (a glob relative to each dir, e.g.
+    ``greedy-search/wer-summary-test-*``): one per decoded model, at the compute of the checkpoint it
+    decoded (``epoch-E-avg-N`` in its name: epoch E; otherwise the newest). Several epochs of one dir
+    give its learning curve (points ``<dir>:epoch-E`` and ``<dir>:final``); two summaries of one model
+    (two methods, two test sets) are an error: narrow ``results``."""
     if metric not in ("wer", "cer"):
         raise ValueError(f"metric must be wer or cer, got {metric!r}")
     points = []
@@ -215,17 +217,22 @@ def collect_points(exp_dirs: Sequence[Union[str, Path]], metric: str = "wer",
         if not found:
             raise FileNotFoundError(f"{d}: no decoding summary matches {results!r}; run asrkit decode first, or "
                                     f"pick the files with --results")
-        scored = [(p, *read_summary(p)) for p in found]
-        scored = [s for s in scored if s[1] == metric]
-        if len(scored) != 1:
+        by_model: Dict[Optional[int], List[tuple]] = {}
+        for path in found:
+            name, rate = read_summary(path)
+            if name == metric:
+                m = _EPOCH_TAG.search(path.name)
+                by_model.setdefault(int(m.group(1)) if m else None, []).append((path, rate))
+        if not by_model or any(len(v) > 1 for v in by_model.values()):
             names = "\n  ".join(str(p.relative_to(d)) for p in found)
-            what = f"no {metric.upper()} summary" if not scored else f"{len(scored)} {metric.upper()} summaries"
+            n = sum(map(len, by_model.values()))
+            what = f"no {metric.upper()} summary" if not n else f"{n} {metric.upper()} summaries, some of one model,"
             raise ValueError(f"{d}: {what} among the files matching {results!r}; narrow --results to one "
-                             f"(e.g. 'greedy-search/wer-summary-<test set>-*'):\n  {names}")
-        path, _, rate = scored[0]
-        m = _EPOCH_TAG.search(path.name)
-        flops = compute_of(d, int(m.group(1)) if m else None)
-        points.append(Point(d.name, flops, rate, str(path)))
+                             f"per model (e.g. 'greedy-search/wer-summary-<test set>-*'):\n  {names}")
+        for epoch in sorted(by_model, key=lambda e: (e is None, e or 0)):
+            (path, rate), = by_model[epoch]
+            tag = "" if len(by_model) == 1 else ":final" if epoch is None else f":epoch-{epoch}"
+            points.append(Point(d.name + tag, compute_of(d, epoch), rate, str(path)))
     return points
 
 

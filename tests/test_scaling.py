@@ -102,12 +102,23 @@ def test_collect_points_matches_the_decoded_epoch(tmp_path):
     assert (p.name, p.flops, p.error) == ("m", 1e15, 12.0)
     (p,) = collect_points([d], results="greedy-search/*final*")
     assert (p.flops, p.error) == (2.5e15, 9.0)  # not an epoch checkpoint: the newest compute
-    with pytest.raises(ValueError, match="3 WER summaries.*narrow --results"):
-        collect_points([d])
+    with pytest.raises(ValueError, match="3 WER summaries, some of one model.*narrow --results"):
+        collect_points([d])  # two of them decode the final model
     with pytest.raises(ValueError, match="no CER summary"):
         collect_points([d], metric="cer", results="greedy-search/*final*")
     with pytest.raises(FileNotFoundError, match="no decoding summary"):
         collect_points([d], results="nothing/*")
+
+
+def test_epochs_of_one_dir_give_its_learning_curve(tmp_path):
+    d = _fake_exp(tmp_path, "joint", [(10, 1e15), (20, 2e15)], {
+        "g/wer-summary-test-epoch-2-avg-1.txt": 20.0, "g/wer-summary-test-final.txt": 15.0,
+        "g/wer-summary-test-epoch-1-avg-1.txt": 40.0, "g/wer-summary-dev-final.txt": 14.0}, final_flops=2.5e15)
+    points = collect_points([d], results="g/wer-summary-test-*")
+    assert [(p.name, p.flops, p.error) for p in points] == [
+        ("joint:epoch-1", 1e15, 40.0), ("joint:epoch-2", 2e15, 20.0), ("joint:final", 2.5e15, 15.0)]
+    with pytest.raises(ValueError, match="some of one model"):
+        collect_points([d], results="g/*final*")  # dev and test of the final model
 
 
 def test_compute_falls_back_to_the_checkpoint(tmp_path):

@@ -4,9 +4,10 @@
         --results 'greedy-search/wer-summary-synth-en_cuts_test-*' --out scaling.png --target-error 5
     asrkit scaling fit --csv published.csv --out efin.png     # columns: name,flops,error
 
-Each experiment dir gives one point: its training FLOPs (``flops.json``, written by ``asrkit train``,
-or the decoded checkpoint) and the error rate of the one ``wer-summary-*`` file ``--results`` selects
-(a glob relative to the dir; a name with ``epoch-E-avg-N`` takes the compute up to epoch E). Prints
+Each decoded model gives a point: its training FLOPs (``flops.json``, written by ``asrkit train``,
+or the decoded checkpoint) and the error rate of its ``wer-summary-*`` file among those ``--results``
+selects (a glob relative to each dir; a name with ``epoch-E-avg-N`` takes the compute up to epoch E,
+so the epochs of one dir, decoded with ``asrkit decode --epoch E``, give its learning curve). Prints
 the points and a, b (C in PFLOPs), c, R^2 and RMSE; with fewer than 4 points ``--law auto`` fits
 ``c = 0``. See ``asrkit.scaling``.
 """
@@ -22,11 +23,11 @@ log = logging.getLogger(__name__)
 def add_args(p):
     p.add_argument("action", choices=["fit"], help="fit: fit a scaling law and plot it")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--exp-dirs", nargs="+", help="experiment dirs, one point each")
+    src.add_argument("--exp-dirs", nargs="+", help="experiment dirs: a point per decoded model")
     src.add_argument("--csv", help="a CSV with columns name,flops,error instead of experiment dirs")
     p.add_argument("--metric", choices=["wer", "cer"], default="wer")
     p.add_argument("--results", default="*/wer-summary-*.txt",
-                   help="glob (relative to each exp dir) that selects one summary per dir")
+                   help="glob (relative to each exp dir) that selects one summary per decoded model")
     p.add_argument("--law", choices=LAWS, default="auto",
                    help="saturating: a*C^-b + c (>= 4 points); power: c = 0; auto: saturating if possible")
     p.add_argument("--target-error", type=float, default=None, help="also print the compute predicted for it")
