@@ -134,12 +134,11 @@ def _cells(column: str, system: Dict[str, str], test_sets: List[str], names: set
 
 
 def _headers(column: str, short: List[str], names: set) -> List[str]:
-    metric = "/".join(sorted(names)) or "error rate"
+    metric = "/".join(sorted(names))  # WER or CER, as the summaries name it
     if column == "rate":
-        return [f"{metric} {s}" for s in short]
+        return [f"{metric or 'error rate'} {s}" for s in short]
     if column == "sot":
-        metric = "/".join(sorted(names)) or "WER"
-        return [f"{label}{metric if key != 'count' else ''} {s}" for key, label in _SOT for s in short]
+        return [f"{label}{metric or 'WER' if key != 'count' else ''} {s}" for key, label in _SOT for s in short]
     return {"method": ["method"], "flops": ["train FLOPs"], "steps": ["steps"],
             "targets": ["pretraining targets (clusters x frames)"]}[column]
 
