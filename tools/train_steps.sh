@@ -15,7 +15,8 @@ train_steps() {
   if [ -f "$dir/model.pt" ]; then log "$n" "skip: $dir/model.pt exists"; return; fi
   local resume="" cmd=(asrkit train)
   if [ -n "${train_launch+set}" ]; then cmd=("${train_launch[@]}"); fi
-  if ls "$dir"/checkpoint-*.pt "$dir"/epoch-*.pt >/dev/null 2>&1; then resume="--resume"; fi
+  # either kind counts (ls of both globs fails when one matches nothing: a run with only epoch-N.pt restarted)
+  if compgen -G "$dir/checkpoint-*.pt" >/dev/null || compgen -G "$dir/epoch-*.pt" >/dev/null; then resume="--resume"; fi
   log "$n" "train $config into $dir for $steps steps ${resume:+(resuming)}"
   "${cmd[@]}" --config "$config" $resume exp_dir="$dir" train.max_steps="$steps" train.num_epochs=1000000 "$@"
   asrkit export --latest --exp-dir "$dir"
