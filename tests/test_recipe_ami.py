@@ -99,7 +99,7 @@ def test_ami_sot_recipe_all_stages(ami, tmp_path):
     for mic in ("ihm-mix", "sdm"):
         for split in ("dev", "test"):
             name = f"ami-{mic}_cuts_{split}-final-beam4"
-            summary = (aed / "attention-beam-search" / "sot" / f"wer-summary-{name}.txt").read_text().splitlines()
+            summary = (aed / "joint-ctc-attention" / "sot" / f"wer-summary-{name}.txt").read_text().splitlines()
             assert [line.split()[0] for line in summary] == ["%cpWER", "%concatWER", "%SpkCountAcc"]
             words = sum(len(t.split()) for g in ami.groups[split] for _, _, t in g.segments)
             assert re.search(rf"/ {words}, ", summary[0]), summary  # every reference word of every group

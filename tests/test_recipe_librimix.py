@@ -141,7 +141,7 @@ def test_librimix_sot_recipe_all_stages(trees, tmp_path):
     # Stage 4/5: an AED-SOT checkpoint, decoded and SOT-scored on both test sets.
     assert (exp / "aed_sot" / "epoch-1.pt").is_file() and (exp / "aed_sot" / "model.pt").is_file()
     assert re.search(r"epoch 1 done: loss [\d.]+, ctc [\d.]+, attention [\d.]+", proc.stderr), proc.stderr[-2000:]
-    method = exp / "aed_sot" / "attention-beam-search"
+    method = exp / "aed_sot" / "joint-ctc-attention"
     for test_set, n in (("sim2mix_cuts_test", 4), ("libri2mix_cuts_test-clean_clean", 2)):
         summary = (method / "sot" / f"wer-summary-{test_set}-final-beam4.txt").read_text().splitlines()
         assert [line.split()[0] for line in summary] == ["%cpWER", "%concatWER", "%SpkCountAcc"]

@@ -29,7 +29,7 @@ from asrkit.training.checkpoint import load_checkpoint  # noqa: E402
 
 RECIPE = Path(__file__).resolve().parents[1] / "egs" / "synth" / "SOT"
 STEPS = {"aed_sot": 3, "llm_sot_a": 2, "llm_sot_b": 2, "llm_sot_c": 2}
-METHODS = {"aed_sot": "attention-beam-search", "llm_sot_a": "llm-greedy", "llm_sot_b": "llm-greedy",
+METHODS = {"aed_sot": "joint-ctc-attention", "llm_sot_a": "llm-greedy", "llm_sot_b": "llm-greedy",
            "llm_sot_c": "llm-greedy"}
 SYSTEMS = ["AED-SOT: Zipformer + attention decoder + CTC", "LLM-SOT stage A: projector",
            "LLM-SOT stage B: + encoder", "LLM-SOT stage C: + LoRA"]
@@ -99,15 +99,19 @@ def test_sot_recipe_all_stages_tiny(tmp_path):
             lines = sot[0].read_text().splitlines()
             assert [line.split()[0] for line in lines] == ["%cpWER", "%concatWER", "%SpkCountAcc"]
             assert re.search(r"\[ \d+ / 4 \]$", lines[2]), lines  # 2 single-speaker cuts + 2 mixtures
-        assert "%cpWER" in (exp / name / "results.txt").read_text()
+        assert "%cpWER" in (exp / name / f"results-{method}.txt").read_text()
 
-    # stage 9: one row per system with six numbers (cpWER, concatenated WER, speaker-count accuracy; dev, test)
+    # stage 9: one row per system: training FLOPs, then cpWER, concatenated WER, speaker-count accuracy (dev, test)
     table = (exp / "results.md").read_text()
+    flops = {}
     for system in SYSTEMS:
-        row = re.search(rf"^\| {re.escape(system)} \| [\w-]+ \|((?: [\d.]+ \|){{6}})$", table, re.M)
+        row = re.search(rf"^\| {re.escape(system)} \| [\w-]+ \| (\S+) \|((?: [\d.]+ \|){{6}})$", table, re.M)
         assert row, f"no parsable row for {system!r} in:\n{table}"
-        acc = [float(x) for x in row.group(1).strip(" |").split(" | ")][4:]
+        flops[system] = float(row.group(1))
+        acc = [float(x) for x in row.group(2).strip(" |").split(" | ")][4:]
         assert all(0 <= x <= 100 for x in acc)
+    # FLOPs are cumulative: each LLM-SOT stage counts the stages (and the AED-SOT encoder) it starts from
+    assert 0 < flops[SYSTEMS[0]] < flops[SYSTEMS[1]] < flops[SYSTEMS[2]] < flops[SYSTEMS[3]], flops
 
     # a rerun skips every finished stage and retrains nothing
     mtimes = {name: (exp / name / "model.pt").stat().st_mtime_ns for name in STEPS}

@@ -49,6 +49,8 @@ def add_args(p):
     p.add_argument("--max-sym-per-frame", type=int, default=1, help="greedy-search")
     p.add_argument("--ctc-weight", type=float, default=0.3, help="ctc-rescoring, joint-ctc-attention")
     p.add_argument("--attention-weight", type=float, default=1.0, help="attention-rescoring")
+    p.add_argument("--length-penalty", type=float, default=0.0,
+                   help="attention-beam-search, joint-ctc-attention: score added per output token (a bonus if > 0)")
     p.add_argument("--max-new-tokens", type=int, default=200, help="llm-*")
     add_checkpoint_args(p)
     p.add_argument("--unit", choices=["word", "char"], default="word")
@@ -108,7 +110,8 @@ def run(args):
     model = averaged_model(exp_dir, args.epoch, args.avg, args.device, args.use_averaged_model)
     check_methods(model, args.method)
     opts = SearchOptions(beam=args.beam, max_sym_per_frame=args.max_sym_per_frame, ctc_weight=args.ctc_weight,
-                         attention_weight=args.attention_weight, max_new_tokens=args.max_new_tokens)
+                         attention_weight=args.attention_weight, length_penalty=args.length_penalty,
+                         max_new_tokens=args.max_new_tokens)
     tag = "final" if args.epoch is None else f"epoch-{args.epoch}-avg-{args.avg}" + (
         "-use-averaged-model" if args.use_averaged_model else "")
     data_cfg = DataConfig(num_workers=0)
@@ -118,6 +121,8 @@ def run(args):
         dl = eval_dataloader(data_cfg, load_cuts(path), max_duration=args.max_duration)
         for method, results in recognise(model, tokenizer, dl, args.method, opts, args.device).items():
             beam = "" if method in ("ctc-greedy", "greedy-search", "llm-greedy") else f"-beam{args.beam}"
+            if args.length_penalty and method in ("attention-beam-search", "joint-ctc-attention"):
+                beam += f"-lp{args.length_penalty:g}"  # results of other penalties are kept beside
             scores = write_scores(exp_dir / method, f"{test_set}-{tag}{beam}", results, args.unit, args.sot)
             lines += [f"{test_set:<32} {method:<22} {score}" for score in scores]
     print("\n".join(lines))

@@ -27,7 +27,7 @@ config=conf/aed_sot.yaml
 vocab_size=500
 epochs=40
 avg=10
-method=attention-beam-search
+method=joint-ctc-attention  # CTC prefix scores stop early end-of-sentence (egs/synth/SOT/README.md)
 beam=4
 overrides=""       # key=value for asrkit train, e.g. "data.max_duration=400"
 device=""          # asrkit decode --device

@@ -8,9 +8,9 @@
 #   cuts, for train/dev/test, 2 fbank, 3 character table with <sc> (AED-SOT) and the LLM (LLM-SOT),
 #   4 AED-SOT training, 5 LLM-SOT stage A: projector only (encoder from AED-SOT, LLM frozen),
 #   6 stage B: + encoder (init_from A), 7 stage C: + LoRA (init_from B),
-#   8 decode (AED: attention-beam-search; LLM: llm-greedy) with SOT scoring (cpWER, concatenated WER,
+#   8 decode (AED: joint-ctc-attention; LLM: llm-greedy) with SOT scoring (cpWER, concatenated WER,
 #   speaker-count accuracy), 9 the results table, exp/results.md.
-# A finished stage is skipped (its marker exists: .done, data/llm.txt, model.pt, .decoded); training resumes
+# A finished stage is skipped (its marker exists: .done, data/llm.txt, model.pt, <method>/.decoded); training resumes
 # from its newest checkpoint. Training budgets are optimizer steps (train.max_steps).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -42,7 +42,9 @@ aed_steps=800
 stage_a_steps=200
 stage_b_steps=200
 stage_c_steps=200
-beam=4             # attention-beam-search
+beam=4             # AED-SOT beam
+aed_method=joint-ctc-attention  # or attention-beam-search: without CTC prefix scores it ends many mixtures
+                                # after a few characters (README, "Results")
 max_new_tokens=60  # llm-greedy
 overrides=""       # key=value for every training stage, e.g. "data.max_duration=30 train.device=cpu"
 encoder_overrides=""  # key=value for the encoder of every stage (model.encoder_conf.*): they must agree
@@ -154,26 +156,27 @@ if run_stage 7; then
 fi
 
 if run_stage 8; then
-  for sys in "$aed attention-beam-search" "$sa llm-greedy" "$sb llm-greedy" "$sc llm-greedy"; do
+  for sys in "$aed $aed_method" "$sa llm-greedy" "$sb llm-greedy" "$sc llm-greedy"; do
     read -r dir method <<< "$sys"
-    if [ -f "$dir/.decoded" ] && [ "$dir/.decoded" -nt "$dir/model.pt" ]; then
-      log 8 "skip: $dir/.decoded is newer than its model.pt"; continue
+    done_marker="$dir/$method/.decoded"  # per method: decoding AED-SOT another way is not skipped
+    if [ -f "$done_marker" ] && [ "$done_marker" -nt "$dir/model.pt" ]; then
+      log 8 "skip: $done_marker is newer than $dir/model.pt"; continue
     fi
     log 8 "decode $dir with $method, SOT scoring"
     asrkit decode --exp-dir "$dir" --method "$method" --beam "$beam" --max-new-tokens "$max_new_tokens" \
       --unit word --sot ${device:+--device "$device"} \
-      --cuts "$fbank/${prefix}_cuts_dev.jsonl.gz" "$fbank/${prefix}_cuts_test.jsonl.gz" | tee "$dir/results.txt"
-    touch "$dir/.decoded"
+      --cuts "$fbank/${prefix}_cuts_dev.jsonl.gz" "$fbank/${prefix}_cuts_test.jsonl.gz" | tee "$dir/results-$method.txt"
+    touch "$done_marker"
   done
 fi
 
 if run_stage 9; then
   read_llm
   log 9 "results table in $exp/results.md"
-  asrkit results --columns method sot --out "$exp/results.md" --test-sets "${prefix}_cuts_dev" "${prefix}_cuts_test" \
+  asrkit results --columns method flops sot --out "$exp/results.md" --test-sets "${prefix}_cuts_dev" "${prefix}_cuts_test" \
     --title "SOT on synthetic English 2-speaker mixtures$([ "$keep_single" = true ] && echo ' + single-speaker cuts'), LLM: $llm_name ($llm_dir)" \
-    --system "AED-SOT: Zipformer + attention decoder + CTC" "$aed" attention-beam-search \
-    --system "LLM-SOT stage A: projector" "$sa" llm-greedy \
-    --system "LLM-SOT stage B: + encoder" "$sb" llm-greedy \
-    --system "LLM-SOT stage C: + LoRA" "$sc" llm-greedy
+    --system "AED-SOT: Zipformer + attention decoder + CTC" "$aed" "$aed_method" \
+    --system "LLM-SOT stage A: projector" "$sa" llm-greedy compute="$aed,$sa" \
+    --system "LLM-SOT stage B: + encoder" "$sb" llm-greedy compute="$aed,$sa,$sb" \
+    --system "LLM-SOT stage C: + LoRA" "$sc" llm-greedy compute="$aed,$sa,$sb,$sc"
 fi
