@@ -29,6 +29,7 @@ beam=4
 overrides=""   # extra key=value for asrkit train, e.g. "data.max_duration=500 train.amp_dtype=fp16"
 
 . ../../../tools/parse_options.sh
+. ../../../tools/train_steps.sh  # has_checkpoint
 
 manifests="$data/manifests"
 fbank="$data/fbank"
@@ -70,7 +71,7 @@ fi
 if run_stage 3; then
   if [ -f "$exp_dir/epoch-$epochs.pt" ]; then log 3 "skip: $exp_dir/epoch-$epochs.pt exists"; else
     resume=""
-    if ls "$exp_dir"/checkpoint-*.pt "$exp_dir"/epoch-*.pt >/dev/null 2>&1; then resume="--resume"; fi
+    if has_checkpoint "$exp_dir"; then resume="--resume"; fi
     train=(asrkit train)
     if [ "$num_gpus" -gt 1 ]; then train=(torchrun --nproc_per_node "$num_gpus" -m asrkit.bin.train); fi
     log 3 "train $config into $exp_dir on $num_gpus GPU(s) ${resume:+(resuming)}"

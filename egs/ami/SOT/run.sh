@@ -33,6 +33,7 @@ overrides=""       # key=value for asrkit train, e.g. "data.max_duration=400"
 device=""          # asrkit decode --device
 
 . ../../../tools/parse_options.sh
+. ../../../tools/train_steps.sh  # has_checkpoint
 
 log() { echo "$(date '+%F %T') [stage $1] $2"; }
 die() { echo "$0: $*" >&2; exit 1; }
@@ -77,7 +78,7 @@ fi
 if run_stage 3; then
   if [ -f "$aed/epoch-$epochs.pt" ]; then log 3 "skip: $aed/epoch-$epochs.pt exists"; else
     resume=""
-    if ls "$aed"/checkpoint-*.pt "$aed"/epoch-*.pt >/dev/null 2>&1; then resume="--resume"; fi
+    if has_checkpoint "$aed"; then resume="--resume"; fi
     log 3 "train AED-SOT $config on $train_mic into $aed ${resume:+(resuming)}"
     # shellcheck disable=SC2086
     asrkit train --config "$config" $resume exp_dir="$aed" lang_dir="$lang_dir" \

@@ -157,7 +157,7 @@ fi
 if run_stage 4; then
   if [ -f "$aed/epoch-$epochs.pt" ]; then log 4 "skip: $aed/epoch-$epochs.pt exists"; else
     resume=""
-    if ls "$aed"/checkpoint-*.pt "$aed"/epoch-*.pt >/dev/null 2>&1; then resume="--resume"; fi
+    if has_checkpoint "$aed"; then resume="--resume"; fi
     log 4 "train AED-SOT $conf_dir/aed_sot.yaml into $aed ${resume:+(resuming)}"
     # shellcheck disable=SC2086
     asrkit train --config "$conf_dir/aed_sot.yaml" $resume exp_dir="$aed" lang_dir="$lang_dir" \

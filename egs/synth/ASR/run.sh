@@ -29,6 +29,7 @@ beam=4
 overrides=""   # extra key=value for asrkit train, e.g. "train.lr=2e-3 data.max_duration=150"
 
 . ../../../tools/parse_options.sh
+. ../../../tools/train_steps.sh  # has_checkpoint
 
 corpus="$data/synth-$lang"
 prefix="synth-$lang"
@@ -66,7 +67,7 @@ fi
 if run_stage 3; then
   if [ -f "$exp_dir/epoch-$epochs.pt" ]; then log 3 "skip: $exp_dir/epoch-$epochs.pt exists"; else
     resume=""
-    if ls "$exp_dir"/checkpoint-*.pt "$exp_dir"/epoch-*.pt >/dev/null 2>&1; then resume="--resume"; fi
+    if has_checkpoint "$exp_dir"; then resume="--resume"; fi
     log 3 "train $config into $exp_dir ${resume:+(resuming)}"
     # shellcheck disable=SC2086  # overrides is a list of key=value words
     asrkit train --config "$config" $resume exp_dir="$exp_dir" lang_dir="$lang_dir" \
